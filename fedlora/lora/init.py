@@ -1,0 +1,34 @@
+"""The initial global adapter, generated identically in every process from a seed.
+
+A base model's freshly initialised head (and PEFT's LoRA A init) draw from torch's global RNG at
+load time, so two processes would start from different adapters. The server instead generates
+the round-0 adapter from ``lora.init_seed`` alone and sends it to every client: LoRA A with
+PEFT's default Kaiming-uniform init, B = 0 (so the initial update is exactly zero), and any
+trainable head with BERT-style N(0, 0.02) weights and zero biases.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fedlora.lora.keys import LoraState, split_key
+
+
+def initial_state(shapes: dict[str, tuple[int, ...]], seed: int) -> LoraState:
+    """A fresh adapter state for ``shapes`` (keys sorted, so the draw order is fixed)."""
+    gen = torch.Generator().manual_seed(seed)
+    state: LoraState = {}
+    for key in sorted(shapes):
+        shape = shapes[key]
+        kind = split_key(key)[1]
+        if kind == "A":
+            # kaiming_uniform_(a=sqrt(5)) as in nn.Linear / PEFT: bound = 1 / sqrt(fan_in)
+            bound = 1.0 / math.sqrt(shape[1])
+            state[key] = (torch.rand(shape, generator=gen) * 2 - 1) * bound
+        elif kind == "B" or len(shape) == 1:
+            state[key] = torch.zeros(shape)
+        else:
+            state[key] = torch.randn(shape, generator=gen) * 0.02
+    return state

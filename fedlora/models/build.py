@@ -1,0 +1,316 @@
+"""Load tokenizers, base models and LoRA-wrapped models, once per process.
+
+A simulation worker process serves many clients over many rounds. Loading a base model (and
+wrapping it with PEFT) per client per round would dominate the run time, so everything here is
+cached per process and callers overwrite the LoRA weights each round instead.
+
+Two subtleties shape the caches:
+
+* ``get_peft_model`` mutates the base model in place (it swaps ``Linear`` layers for LoRA layers).
+  A cached base model is therefore *handed over* to the first :func:`build_lora_model` that wraps
+  it and leaves the base cache; a later request for the plain base, or for a second, different
+  LoRA shape, loads a fresh copy (and counts as a load) instead of corrupting the wrapped one.
+* A classification head that is missing from the checkpoint is initialised randomly. Every client
+  and the server must get the *same* head (with ``lora.train_head=false`` it is never transmitted),
+  so base models are loaded under a fixed torch seed, in a forked RNG.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from fedlora.config.schema import DEVICES, DTYPES, TASKS, LoraConfig, ModelConfig
+from fedlora.models.sources import resolve_model
+
+if TYPE_CHECKING:
+    import peft
+
+logger = logging.getLogger(__name__)
+
+HEAD_NAMES = ("classifier", "score")
+"""Names of sequence-classification heads (BERT-like and decoder models); PEFT uses the same list."""
+
+LOAD_SEED = 0
+"""Torch seed every base model is loaded under: a newly initialised head is the same in every process.
+
+Code that loads a base model without :func:`load_base_model` (e.g. to reload an export whose head was
+not trained, ``lora.train_head=false``) must seed with it too to get the same head."""
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+_lock = threading.RLock()
+_tokenizers: dict[tuple, PreTrainedTokenizerBase] = {}
+_bases: dict[tuple, PreTrainedModel] = {}
+_lora_models: dict[tuple, peft.PeftModel] = {}
+_loads = 0
+
+
+def select_device(preference: str) -> torch.device:
+    """Pick the torch device for ``model.device``.
+
+    Parameters
+    ----------
+    preference
+        ``"auto"`` (CUDA, then Apple MPS, then CPU), ``"cpu"``, ``"cuda"`` or ``"mps"``.
+
+    Returns
+    -------
+    torch.device
+        CUDA devices carry an explicit index (the current device), so ``str(device)`` is a valid
+        ``device_map`` target.
+
+    Raises
+    ------
+    ValueError
+        If the preference is unknown or names an accelerator this process cannot see.
+    """
+    if preference not in DEVICES:
+        raise ValueError(f"model.device: expected one of {list(DEVICES)}, got {preference!r}")
+    cuda_ok = torch.cuda.is_available()
+    mps_ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if preference == "auto":
+        preference = "cuda" if cuda_ok else "mps" if mps_ok else "cpu"
+    if preference == "cuda":
+        if not cuda_ok:
+            raise ValueError(
+                f"model.device: 'cuda' requested but CUDA is not available (torch {torch.__version__}, "
+                f"CUDA build {torch.version.cuda}, "
+                f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); "
+                "set model.device to 'auto' or 'cpu'"
+            )
+        return torch.device("cuda", torch.cuda.current_device())
+    if preference == "mps" and not mps_ok:
+        raise ValueError("model.device: 'mps' requested but Apple MPS is not available; set 'auto' or 'cpu'")
+    return torch.device(preference)
+
+
+def select_dtype(preference: str, device: torch.device) -> torch.dtype:
+    """Pick the parameter dtype for ``model.dtype``.
+
+    Parameters
+    ----------
+    preference
+        ``"auto"`` (bfloat16 on a CUDA device that supports it, else float32), ``"float32"``,
+        ``"bfloat16"`` or ``"float16"``.
+    device
+        The device the model will live on.
+
+    Returns
+    -------
+    torch.dtype
+
+    Raises
+    ------
+    ValueError
+        If the preference is unknown.
+    """
+    if preference not in DTYPES:
+        raise ValueError(f"model.dtype: expected one of {list(DTYPES)}, got {preference!r}")
+    if preference == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    if preference == "float16" and device.type == "cpu":
+        logger.warning("model.dtype=float16 on CPU is slow and poorly supported; use float32 or bfloat16")
+    return _DTYPES[preference]
+
+
+def _model_key(cfg: ModelConfig) -> tuple:
+    # Only the fields that change the loaded weights; name/max_length do not.
+    return (cfg.source, cfg.task, cfg.dtype, cfg.device, cfg.quantization, cfg.trust_remote_code)
+
+
+def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    """Load the tokenizer of ``cfg.source`` (cached per process).
+
+    Parameters
+    ----------
+    cfg
+        Model configuration.
+
+    Returns
+    -------
+    PreTrainedTokenizerBase
+        Always with a pad token (the EOS token when the model defines none).
+
+    Raises
+    ------
+    ValueError
+        If the tokenizer has neither a pad nor an EOS token.
+    """
+    key = (cfg.source, cfg.trust_remote_code)
+    with _lock:
+        if key not in _tokenizers:
+            path = resolve_model(cfg).path
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+            if tok.pad_token is None:
+                if tok.eos_token is None:
+                    raise ValueError(f"model.source: the tokenizer of {cfg.source!r} has no pad or eos token")
+                tok.pad_token = tok.eos_token
+                logger.info("tokenizer of %s has no pad token; using eos %r", cfg.source, tok.eos_token)
+            _tokenizers[key] = tok
+        return _tokenizers[key]
+
+
+def _check_num_labels(cfg: ModelConfig, num_labels: int | None) -> int | None:
+    if cfg.task not in TASKS:
+        raise ValueError(f"model.task: expected one of {list(TASKS)}, got {cfg.task!r}")
+    if cfg.task == "causal_lm":
+        return None
+    if num_labels is None or num_labels < 1:
+        raise ValueError(
+            f"num_labels: expected a positive integer for model.task='classification', got {num_labels}"
+        )
+    return num_labels
+
+
+def _load(cfg: ModelConfig, num_labels: int | None) -> PreTrainedModel:
+    """Really load a base model from disk (no caching) and count it."""
+    global _loads
+    start = time.perf_counter()
+    resolved = resolve_model(cfg)
+    device = select_device(cfg.device)
+    dtype = select_dtype(cfg.dtype, device)
+    tok = load_tokenizer(cfg)
+    kwargs: dict = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
+    if cfg.quantization == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if dtype == torch.bfloat16 else torch.float32,
+            # A seq-cls head must stay dense for PEFT's modules_to_save copy. For causal LMs keep None:
+            # an explicit list would replace transformers' default skips (lm_head, tied embeddings).
+            llm_int8_skip_modules=list(HEAD_NAMES) if cfg.task == "classification" else None,
+        )
+        kwargs["device_map"] = {"": str(device)}
+    elif cfg.quantization != "none":
+        raise ValueError(f"model.quantization: expected 'none' or 'nf4', got {cfg.quantization!r}")
+    if cfg.task == "classification":
+        auto_cls = AutoModelForSequenceClassification
+        # id2label (not num_labels) sets the head size without a warning when the checkpoint has another
+        # label count; ignore_mismatched_sizes then re-initialises such a head instead of failing.
+        id2label = {i: f"LABEL_{i}" for i in range(num_labels or 0)}
+        label2id = {name: i for i, name in id2label.items()}
+        kwargs.update(id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True)
+    else:
+        auto_cls = AutoModelForCausalLM
+    forked = [device.index] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked):
+        torch.manual_seed(LOAD_SEED)  # a newly initialised head is identical in every process
+        model = auto_cls.from_pretrained(resolved.path, **kwargs)
+    if cfg.task == "classification" and model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id  # decoder seq-cls heads find the last token by it
+    if cfg.quantization == "none":
+        model.to(device)
+    model.eval()
+    with _lock:
+        _loads += 1
+        count = _loads
+    logger.info("loaded base model %s [%s] (%s load in pid %s) in %.2f s on %s/%s%s", cfg.name,
+                resolved.description, _ordinal(count), os.getpid(), time.perf_counter() - start, device,
+                str(dtype).removeprefix("torch."), ", nf4" if cfg.quantization == "nf4" else "")
+    return model
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def load_base_model(cfg: ModelConfig, num_labels: int | None = None) -> PreTrainedModel:
+    """Load the base model for ``cfg`` (cached per process, in eval mode).
+
+    Parameters
+    ----------
+    cfg
+        Model configuration: source, task, dtype, device and quantization.
+    num_labels
+        Number of classes; required for ``task="classification"``, ignored for ``causal_lm``.
+
+    Returns
+    -------
+    transformers.PreTrainedModel
+        A sequence-classification or causal-LM model on the selected device. Repeated calls return
+        the same object until :func:`build_lora_model` takes it over (see the module docstring).
+    """
+    key = (_model_key(cfg), _check_num_labels(cfg, num_labels))
+    with _lock:
+        if key not in _bases:
+            _bases[key] = _load(cfg, key[1])
+        return _bases[key]
+
+
+def base_model_loads() -> int:
+    """Return how many base models this process really loaded from disk."""
+    return _loads
+
+
+def clear_caches() -> None:
+    """Forget every cached tokenizer, base model and LoRA model and reset the load counter (for tests)."""
+    global _loads
+    with _lock:
+        _tokenizers.clear()
+        _bases.clear()
+        _lora_models.clear()
+        _loads = 0
+
+
+def build_lora_model(
+    model_cfg: ModelConfig,
+    lora_cfg: LoraConfig,
+    *,
+    rank: int | None = None,
+    num_labels: int | None = None,
+) -> peft.PeftModel:
+    """Wrap the base model with a fresh LoRA adapter (cached per process, in eval mode).
+
+    Parameters
+    ----------
+    model_cfg
+        Which base model.
+    lora_cfg
+        Adapter shape: ``alpha``, ``dropout``, ``target_modules``, ``train_head`` (classification
+        only: train and ship the head, else keep it frozen) and ``init_seed`` (LoRA A init).
+    rank
+        LoRA rank of this client; ``None`` means ``lora_cfg.r``.
+    num_labels
+        Number of classes (classification only).
+
+    Returns
+    -------
+    peft.PeftModel
+        The same object for the same arguments within a process: callers load their LoRA weights
+        into it each round and switch ``train()``/``eval()`` themselves.
+    """
+    from fedlora.models.peft_wrap import wrap_with_lora
+
+    num_labels = _check_num_labels(model_cfg, num_labels)
+    rank = lora_cfg.r if rank is None else rank
+    if rank < 1:
+        raise ValueError(f"lora.r / lora.ranks: expected a positive rank, got {rank}")
+    train_head = lora_cfg.train_head if model_cfg.task == "classification" else None
+    lora_key = (rank, float(lora_cfg.alpha), float(lora_cfg.dropout), tuple(lora_cfg.target_modules),
+                train_head, lora_cfg.init_seed)
+    base_key = (_model_key(model_cfg), num_labels)
+    key = (base_key, lora_key)
+    with _lock:
+        if key not in _lora_models:
+            # Take the cached base over (PEFT mutates it); load a fresh copy if it is gone.
+            base = _bases.pop(base_key, None)
+            if base is None:
+                base = _load(model_cfg, num_labels)
+            _lora_models[key] = wrap_with_lora(base, model_cfg, lora_cfg, rank=rank)
+        return _lora_models[key]

@@ -1,0 +1,115 @@
+"""Wrap a base model with a LoRA adapter, with the head handling federated training needs.
+
+Kept apart from :mod:`fedlora.models.build` (which owns caching) because the PEFT details are
+fiddly enough to deserve their own place:
+
+* PEFT's sequence-classification wrapper *always* adds ``classifier``/``score`` to
+  ``modules_to_save``, even when asked for none. With ``lora.train_head=false`` the head must
+  really be excluded -- frozen, not trainable, and absent from the adapter state dict that
+  travels to the server -- so the wrapper PEFT put around it is removed again.
+* LoRA ``A`` matrices are drawn at wrap time, so the wrap runs under ``torch.manual_seed(
+  lora.init_seed)`` (in a forked RNG): every client builds the same initial adapter.
+* A target module name that matches nothing is almost always a typo or a config written for
+  another architecture; PEFT silently ignores it unless *all* names miss, so it is checked here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import peft
+import torch
+from peft.utils.other import ModulesToSaveWrapper
+from transformers import PreTrainedModel
+
+from fedlora.config.schema import LoraConfig, ModelConfig
+
+logger = logging.getLogger(__name__)
+
+_LINEAR_TYPES = ("Linear", "Linear4bit", "Linear8bitLt", "Conv1D")
+
+
+def check_target_modules(model: torch.nn.Module, target_modules: list[str]) -> None:
+    """Raise if a name in ``target_modules`` matches no module of ``model`` (PEFT's suffix rule).
+
+    Parameters
+    ----------
+    model
+        The base model.
+    target_modules
+        Module names as in ``lora.target_modules``.
+
+    Raises
+    ------
+    ValueError
+        Naming the unmatched entries and the linear layer names the model does have.
+    """
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                         if type(m).__name__ in _LINEAR_TYPES})
+        raise ValueError(
+            f"lora.target_modules: {missing} match no module of {type(model).__name__}; "
+            f"its linear layers are named {linear}"
+        )
+
+
+def _unwrap_head(model: peft.PeftModel) -> None:
+    """Undo PEFT's automatic ``modules_to_save`` head: restore the original, frozen module."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper):
+            parent_name, _, child = name.rpartition(".")
+            original = module.original_module
+            original.requires_grad_(False)
+            setattr(model.get_submodule(parent_name), child, original)
+    for config in model.peft_config.values():
+        config.modules_to_save = None
+
+
+def wrap_with_lora(
+    base: PreTrainedModel, model_cfg: ModelConfig, lora_cfg: LoraConfig, *, rank: int
+) -> peft.PeftModel:
+    """Wrap ``base`` in place with a new LoRA adapter.
+
+    Parameters
+    ----------
+    base
+        A base model that nothing else uses any more (PEFT mutates it).
+    model_cfg
+        Its configuration (task and quantization matter here).
+    lora_cfg
+        Adapter shape; ``r`` and ``ranks`` are ignored in favour of ``rank``.
+    rank
+        LoRA rank.
+
+    Returns
+    -------
+    peft.PeftModel
+        In eval mode. Trainable parameters: LoRA ``A``/``B`` of the target modules, plus the
+        classification head when ``model_cfg.task="classification"`` and ``lora_cfg.train_head``.
+    """
+    classification = model_cfg.task == "classification"
+    if model_cfg.quantization == "nf4":
+        # Casts norms to float32 and makes inputs require grad, so LoRA on a frozen 4-bit base trains.
+        base = peft.prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    check_target_modules(base, list(lora_cfg.target_modules))
+    config = peft.LoraConfig(
+        task_type=peft.TaskType.SEQ_CLS if classification else peft.TaskType.CAUSAL_LM,
+        r=rank,
+        lora_alpha=lora_cfg.alpha,
+        lora_dropout=lora_cfg.dropout,
+        target_modules=list(lora_cfg.target_modules),
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(lora_cfg.init_seed)
+        model = peft.get_peft_model(base, config)
+    if classification and not lora_cfg.train_head:
+        _unwrap_head(model)
+    model.eval()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    head = (" + head" if lora_cfg.train_head else " (head frozen)") if classification else ""
+    logger.info("wrapped %s with LoRA r=%s alpha=%s on %s%s: %s of %s parameters trainable", model_cfg.name,
+                rank, lora_cfg.alpha, list(lora_cfg.target_modules), head, trainable, total)
+    return model

@@ -1,0 +1,278 @@
+"""Turn ``model.source`` into a local Hugging Face model directory.
+
+Everything downstream (tokenizer, base model, export) only ever sees a plain local directory, so
+``from_pretrained`` never needs the network. The forms that are not already a directory are
+materialised once into :func:`cache_dir`:
+
+* ``package:<module>[/<subdir>]`` -- weights shipped inside an installed Python package (located
+  with :func:`importlib.util.find_spec`, which does *not* import the package: some model packages
+  import optional dependencies at import time).
+* ``gguf-package:<module>/<file.gguf>`` -- a GGUF file inside a package. transformers can read GGUF
+  but then refuses ``save_pretrained``, quantisation and is slow (~15 s) to load, so the file is
+  dequantised once to safetensors under ``<cache>/models/<module>-<stem>/``.
+* ``tiny:bert`` / ``tiny:llama`` -- random models built in code (:mod:`fedlora.models.tiny`).
+* an existing local directory, or a Hugging Face hub id (local HF cache first; download only when
+  the hub is not offline).
+
+Materialisation happens under a file lock into a temporary directory that is renamed into place,
+because several simulation worker processes may ask for the same model at the same moment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from importlib import metadata
+from importlib.util import find_spec
+from pathlib import Path
+
+from filelock import FileLock
+
+from fedlora.config.schema import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+# Hub repos often carry the same weights in several formats; only safetensors + configs are needed.
+_HUB_IGNORE = ["*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack", "*.onnx", "*.gguf", "*.ot", "onnx/*",
+               "openvino/*"]
+
+
+class ModelSourceError(ValueError):
+    """``model.source`` cannot be turned into a local model directory."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model directory ready for ``from_pretrained``.
+
+    Attributes
+    ----------
+    path
+        Local Hugging Face model directory (``config.json``, safetensors, tokenizer files).
+    description
+        Human-readable provenance, for logs and run metadata.
+    """
+
+    path: str
+    description: str
+
+
+def _repo_root() -> Path | None:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        project = tomllib.loads((root / "pyproject.toml").read_text()).get("project", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    return root if project.get("name") == "fedlora" else None
+
+
+def cache_dir() -> Path:
+    """Directory for converted and generated models.
+
+    Returns
+    -------
+    pathlib.Path
+        ``$FEDLORA_CACHE`` if set; else ``<repo root>/.cache/fedlora`` when running from a writable
+        checkout (so the cache sits next to the project and is git-ignored); else
+        ``~/.cache/fedlora``. Not created here.
+    """
+    env = os.environ.get("FEDLORA_CACHE")
+    if env:
+        return Path(env).expanduser()
+    root = _repo_root()
+    if root is not None and os.access(root, os.W_OK):
+        return root / ".cache" / "fedlora"
+    return Path.home() / ".cache" / "fedlora"
+
+
+def resolve_model(cfg: ModelConfig) -> ResolvedModel:
+    """Resolve ``cfg.source`` to a local model directory, converting or building it once if needed.
+
+    Parameters
+    ----------
+    cfg
+        The model configuration; only ``source`` is used here.
+
+    Returns
+    -------
+    ResolvedModel
+
+    Raises
+    ------
+    ModelSourceError
+        If the source names a missing package or file, an unknown form, or a hub model that is not
+        cached while the hub is offline.
+    """
+    source = cfg.source.strip()
+    if not source:
+        raise ModelSourceError("model.source: must not be empty")
+    if source.startswith("package:"):
+        return _resolve_package(source.removeprefix("package:"))
+    if source.startswith("gguf-package:"):
+        return _resolve_gguf_package(source.removeprefix("gguf-package:"))
+    if source.startswith("tiny:"):
+        return _resolve_tiny(source.removeprefix("tiny:"))
+    local = Path(source).expanduser()
+    if local.is_dir():
+        _require_config(local, source)
+        return ResolvedModel(str(local.resolve()), f"local directory {local.resolve()}")
+    if ":" in source or source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise ModelSourceError(
+            f"model.source: {source!r} is neither an existing local directory nor a known form; expected "
+            "'package:<module>[/<subdir>]', 'gguf-package:<module>/<file.gguf>', 'tiny:bert', 'tiny:llama', "
+            "a local model directory or a Hugging Face hub id"
+        )
+    return _resolve_hub(source)
+
+
+def _package_dir(module: str, source: str) -> Path:
+    spec = find_spec(module) if module and "." not in module else None
+    if spec is None or not spec.submodule_search_locations:
+        pip_name = module.replace("_", "-")
+        raise ModelSourceError(
+            f"model.source: {source!r} needs the Python package {module!r}, which is not installed; "
+            f"install it with `pip install {pip_name}`"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@cache
+def _distribution(module: str) -> str:
+    """``"<dist> <version>: <summary>"`` of the distribution that installs ``module`` (for provenance)."""
+    names = metadata.packages_distributions().get(module, [])
+    if not names:
+        return module
+    try:
+        meta = metadata.metadata(names[0])
+    except metadata.PackageNotFoundError:
+        return names[0]
+    summary = meta.get("Summary") or ""
+    return f"{names[0]} {meta.get('Version')}" + (f": {summary.rstrip('.')}" if summary else "")
+
+
+def _require_config(path: Path, source: str) -> None:
+    if not (path / "config.json").is_file():
+        raise ModelSourceError(
+            f"model.source: {source!r} resolves to {path}, which has no config.json "
+            "(not a Hugging Face model directory)"
+        )
+
+
+def _resolve_package(spec: str) -> ResolvedModel:
+    source = f"package:{spec}"
+    module, _, subdir = spec.partition("/")
+    path = _package_dir(module, source) / subdir if subdir else _package_dir(module, source)
+    if not path.is_dir():
+        raise ModelSourceError(f"model.source: {source!r}: package {module!r} has no directory {subdir!r}")
+    _require_config(path, source)
+    where = f"{module}/{subdir}" if subdir else module
+    return ResolvedModel(str(path), f"package {where} ({_distribution(module)})")
+
+
+def _materialise(name: str, build: Callable[[Path], None], what: str) -> Path:
+    """Create ``<cache>/models/<name>`` once, under a lock, via a temp dir renamed into place."""
+    models = cache_dir() / "models"
+    final = models / name
+    if (final / "config.json").is_file():
+        return final
+    models.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(models / f"{name}.lock")):
+        if (final / "config.json").is_file():  # another process finished while we waited
+            return final
+        tmp = models / f".{name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if final.exists():  # a half-written leftover without config.json
+            shutil.rmtree(final)
+        logger.info("building %s into %s (once; later runs reuse it)", what, final)
+        start = time.perf_counter()
+        try:
+            build(tmp)
+            os.rename(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        logger.info("built %s in %.1f s", what, time.perf_counter() - start)
+    return final
+
+
+def _resolve_tiny(kind: str) -> ResolvedModel:
+    from fedlora.models.tiny import TINY_KINDS, build_tiny
+
+    if kind not in TINY_KINDS:
+        choices = [f"tiny:{k}" for k in TINY_KINDS]
+        raise ModelSourceError(f"model.source: unknown tiny model 'tiny:{kind}'; expected one of {choices}")
+    path = _materialise(f"tiny-{kind}", lambda out: build_tiny(kind, out), f"tiny {kind} model")
+    return ResolvedModel(str(path), f"tiny:{kind} (random weights built in code, cached in {path})")
+
+
+def _resolve_gguf_package(spec: str) -> ResolvedModel:
+    source = f"gguf-package:{spec}"
+    module, _, file = spec.partition("/")
+    if not file.endswith(".gguf"):
+        raise ModelSourceError(f"model.source: {source!r}: expected 'gguf-package:<module>/<file.gguf>'")
+    pkg = _package_dir(module, source)
+    if not (pkg / file).is_file():
+        found = sorted(p.name for p in pkg.glob("*.gguf"))
+        raise ModelSourceError(
+            f"model.source: {source!r}: no file {file!r} in package {module!r}; it has {found}"
+        )
+    name = f"{module}-{Path(file).stem}"
+    path = _materialise(name, lambda out: _convert_gguf(pkg, file, out), f"safetensors from {file}")
+    description = f"package {module} ({_distribution(module)}), {file} dequantised to {path}"
+    return ResolvedModel(str(path), description)
+
+
+def _convert_gguf(pkg: Path, file: str, out: Path) -> None:
+    """Dequantise a GGUF file to a float32 safetensors model directory."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(str(pkg), gguf_file=file)
+    model = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=file, dtype=torch.float32)
+    # transformers refuses save_pretrained on a GGUF-loaded model; the weights are already dense here.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    seconds = time.perf_counter() - start
+    provenance = {"gguf_file": str(pkg / file), "transformers": transformers.__version__,
+                  "dtype": "float32", "convert_seconds": round(seconds, 2)}
+    (out / "fedlora_source.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    logger.info("converted %s to safetensors in %.1f s", file, seconds)
+
+
+def _hub_offline() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _resolve_hub(repo_id: str) -> ResolvedModel:
+    from huggingface_hub import snapshot_download, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    if isinstance(cached, str):
+        path = Path(cached).parent
+        return ResolvedModel(str(path), f"hub model {repo_id} (local HF cache {path})")
+    if _hub_offline():
+        raise ModelSourceError(
+            f"model.source: {repo_id!r} is not a local directory, an installed package or a cached hub "
+            "model, and the hub is offline (HF_HUB_OFFLINE=1)"
+        )
+    logger.info("downloading %s from the Hugging Face hub", repo_id)
+    try:
+        path = snapshot_download(repo_id, ignore_patterns=_HUB_IGNORE)
+    except Exception as exc:
+        raise ModelSourceError(f"model.source: could not download {repo_id!r} from the hub: {exc}") from exc
+    return ResolvedModel(path, f"hub model {repo_id} (downloaded to {path})")

@@ -1,0 +1,41 @@
+"""Every key that crosses the wire, declared once.
+
+Flower's convention is kebab-case for record keys (``num-examples``, ``server-round``); Python
+identifiers stay snake_case. Server and client import these names instead of repeating strings.
+"""
+
+# Record slots in a Message's RecordDict.
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+CAPS = "caps"
+
+# ConfigRecord keys sent by the server.
+SERVER_ROUND = "server-round"
+LR = "lr"
+CFG_YAML = "cfg-yaml"
+WIRE_DTYPE = "wire-dtype"
+LABELS = "labels"
+RANK = "rank"
+ALPHA = "alpha"
+SEED = "seed"
+
+# MetricRecord / capability keys sent by clients.
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+TRAIN_STEPS = "train-steps"
+TRAIN_SECONDS = "train-seconds"
+PARTITION_ID = "partition-id"
+NUM_PARTITIONS = "num-partitions"
+BASE_MODEL_LOADS = "base-model-loads"
+WORKER_PID = "worker-pid"
+DEVICE = "device"
+NUM_TRAIN_EXAMPLES = "num-train-examples"
+EVAL_LOSS = "eval-loss"
+EVAL_ACCURACY = "eval-accuracy"
+
+# Node config keys (deployment: ``flower-supernode --node-config``).
+NODE_LORA_RANK = "lora-rank"
+NODE_DEVICE = "device"
+NODE_QUANTIZATION = "quantization"
+NODE_DATA_PATH = "data-path"

@@ -1,0 +1,1 @@
+"""Flower strategies that drive a :mod:`fedlora.aggregation` aggregator over the Message API."""

@@ -1,0 +1,153 @@
+"""What a client does with a message, without Flower: the ClientApp only decodes and encodes.
+
+Per-node facts come from Flower's node config: in simulation ``partition-id``/``num-partitions``
+(injected by the Simulation Engine) and the rank from ``lora.ranks``; in deployment the same keys
+plus ``lora-rank``, ``device``, ``quantization`` and ``data-path`` given to
+``flower-supernode --node-config``. The base model, the wrapped PeftModel and the tokenized data
+are cached per process by :mod:`fedlora.models` and :mod:`fedlora.data`, so a simulation worker
+loads them once however many rounds and virtual clients it serves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fedlora.config.load import from_yaml
+from fedlora.config.schema import RunConfig
+from fedlora.data import load_client_data, make_collator, tokenize_dataset
+from fedlora.lora.keys import LoraState
+from fedlora.lora.state import get_lora_state, set_lora_state
+from fedlora.models.build import base_model_loads, build_lora_model, load_tokenizer
+from fedlora.training.evaluate import evaluate
+from fedlora.training.local import train_local
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """Who this client is: its partition and its own hardware/adapter settings."""
+
+    partition_id: int
+    num_partitions: int
+    rank: int
+    device: str
+    quantization: str
+    data_path: str
+
+
+@functools.lru_cache(maxsize=8)
+def config_from_yaml(text: str) -> RunConfig:
+    """Parse the server's config once per process (messages repeat the same text)."""
+    return from_yaml(text)
+
+
+def node_facts(cfg: RunConfig, node_config: Mapping[str, Any]) -> NodeFacts:
+    """Combine the run config with this node's own config (node config wins)."""
+    if "partition-id" not in node_config:
+        raise ValueError("node config: 'partition-id' is required (flower-supernode --node-config 'partition-id=0 ...')")
+    pid = int(node_config["partition-id"])
+    num = int(node_config.get("num-partitions", cfg.federation.num_clients))
+    return NodeFacts(
+        partition_id=pid,
+        num_partitions=num,
+        rank=int(node_config.get("lora-rank", cfg.lora.rank_for(pid))),
+        device=str(node_config.get("device", cfg.model.device)),
+        quantization=str(node_config.get("quantization", cfg.model.quantization)),
+        data_path=str(node_config.get("data-path", cfg.data.path)),
+    )
+
+
+def local_config(cfg: RunConfig, facts: NodeFacts) -> RunConfig:
+    """The run config as this node sees it (its device, quantization and data path)."""
+    return dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, device=facts.device, quantization=facts.quantization),
+        data=dataclasses.replace(cfg.data, path=facts.data_path),
+    )
+
+
+def describe(cfg: RunConfig, facts: NodeFacts) -> dict[str, Any]:
+    """Capabilities reported in the query round."""
+    data = load_client_data(local_config(cfg, facts).data, cfg.model.task, facts.partition_id, facts.num_partitions)
+    return {
+        "partition-id": facts.partition_id,
+        "rank": facts.rank,
+        "device": facts.device,
+        "quantization": facts.quantization,
+        "num-train-examples": len(data.train),
+        "worker-pid": os.getpid(),
+    }
+
+
+# Tokenized client data, per process: (repr(cfg), partition id, num partitions) -> datasets.
+_TOKENIZED: dict[tuple[str, int, int], tuple[Any, Any, Any]] = {}
+
+
+def _tokenized(cfg: RunConfig, partition_id: int, num_partitions: int) -> tuple[Any, Any, Any]:
+    key = (repr(cfg), partition_id, num_partitions)
+    if key not in _TOKENIZED:
+        _TOKENIZED[key] = _tokenize(cfg, partition_id, num_partitions)
+    return _TOKENIZED[key]
+
+
+def _tokenize(cfg: RunConfig, partition_id: int, num_partitions: int) -> tuple[Any, Any, Any]:
+    tok = load_tokenizer(cfg.model)
+    data = load_client_data(cfg.data, cfg.model.task, partition_id, num_partitions)
+    max_len = cfg.model.max_length
+    train = tokenize_dataset(data.train, tok, cfg.model.task, max_len)
+    heldout = tokenize_dataset(data.heldout, tok, cfg.model.task, max_len) if len(data.heldout) else None
+    return train, heldout, make_collator(tok, cfg.model.task)
+
+
+def _model(cfg: RunConfig, rank: int, alpha: float, num_labels: int | None) -> Any:
+    lora = dataclasses.replace(cfg.lora, alpha=alpha)
+    return build_lora_model(cfg.model, lora, rank=rank, num_labels=num_labels)
+
+
+def train_round(
+    cfg: RunConfig,
+    facts: NodeFacts,
+    state: LoraState,
+    *,
+    server_round: int,
+    lr: float,
+    rank: int,
+    alpha: float,
+    labels: list[str] | None,
+) -> tuple[LoraState, dict[str, float | int]]:
+    """Warm-start from ``state``, train locally, return the new state and metrics."""
+    cfg = local_config(cfg, facts)
+    model = _model(cfg, rank, alpha, len(labels) if labels else None)
+    set_lora_state(model, state)
+    train, heldout, collate = _tokenized(cfg, facts.partition_id, facts.num_partitions)
+    seed = cfg.train.seed + 1000 * server_round + facts.partition_id
+    result = train_local(
+        model, train, collate, cfg.train, lr=lr, seed=seed, label=f"client {facts.partition_id} round {server_round}"
+    )
+    metrics: dict[str, float | int] = {
+        "num-examples": result.num_examples,
+        "train-loss": result.loss,
+        "train-steps": result.steps,
+        "train-seconds": result.seconds,
+        "base-model-loads": base_model_loads(),
+        "worker-pid": os.getpid(),
+    }
+    return get_lora_state(model), metrics
+
+
+def evaluate_round(
+    cfg: RunConfig, facts: NodeFacts, state: LoraState, *, rank: int, alpha: float, labels: list[str] | None
+) -> dict[str, float | int]:
+    """Evaluate a global adapter on this client's held-out split."""
+    cfg = local_config(cfg, facts)
+    model = _model(cfg, rank, alpha, len(labels) if labels else None)
+    set_lora_state(model, state)
+    _, heldout, collate = _tokenized(cfg, facts.partition_id, facts.num_partitions)
+    if heldout is None:
+        raise ValueError("data.heldout_fraction is 0: this client has no held-out split to evaluate on")
+    metrics = evaluate(model, heldout, collate, task=cfg.model.task, batch_size=cfg.train.eval_batch_size)
+    return {"num-examples": len(heldout), **{f"eval-{k}": v for k, v in metrics.items() if k != "num_examples"}}

@@ -1,0 +1,36 @@
+"""fedlora ServerApp: compose the config, then hand the Grid to :func:`run_server`.
+
+``make_server_app(cfg, out_dir)`` is used by the in-process simulation (config already
+validated); the module-level ``app`` serves ``flwr run``, where the config comes from the
+``hydra-overrides`` string in Flower's run_config.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedlora.config.run_config import config_from_run_config
+from fedlora.config.schema import RunConfig
+from fedlora.logs import setup_logging
+from fedlora.strategies.orchestrate import run_server
+
+
+def make_server_app(cfg: RunConfig | None = None, out_dir: Path | None = None) -> ServerApp:
+    """A ServerApp bound to ``cfg`` (or composing it from run_config when None)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        setup_logging()
+        run_cfg = cfg if cfg is not None else config_from_run_config(context.run_config)
+        target = out_dir or Path(run_cfg.resume or run_cfg.output_dir or f"outputs/flwr-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_server(grid, run_cfg, target)
+
+    return app
+
+
+app = make_server_app()

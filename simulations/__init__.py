@@ -1,0 +1,1 @@
+"""Hydra entry points: run one simulation (``python -m simulations.run``)."""

@@ -1,0 +1,51 @@
+"""Run one federated simulation from the Hydra config in ``conf/``.
+
+    python -m simulations.run                                  # default: MiniLM, tweets, 10 clients
+    python -m simulations.run preset=llm                       # SmolLM2 on FOLDOC
+    python -m simulations.run strategy=fedit federation.num_rounds=5 lora.r=16
+    python -m simulations.run resume=outputs/2026-11-22/10-00-00-fedit   # continue a crashed run
+
+Results go to the Hydra run directory: metrics.jsonl/.csv, clients.jsonl, metrics.png,
+summary.json, checkpoint/, adapter/ (PEFT format).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from fedlora.config.load import CONF_DIR, ConfigError, build_config
+from simulations.engine import simulate
+
+log = logging.getLogger("fedlora.simulations")
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
+def main(dcfg: DictConfig) -> None:
+    try:
+        cfg = build_config(OmegaConf.to_container(dcfg, resolve=True))  # type: ignore[arg-type]
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        sys.exit(2)
+    out_dir = Path(cfg.resume or cfg.output_dir or HydraConfig.get().runtime.output_dir)
+    summary = simulate(cfg, out_dir)
+    final = summary.get("final", {})
+    check = summary.get("export_check", {})
+    print(f"\nfedlora: {summary['strategy']} on {summary['model']}/{summary['data']}, "
+          f"{summary['num_clients']} clients x {summary['rounds']} rounds in {summary['seconds']:.0f} s")
+    for key in ("eval_accuracy", "eval_macro_f1", "eval_loss", "eval_perplexity"):
+        if key in final:
+            print(f"  final {key[5:]}: {final[key]:.4f}")
+    print(f"  bytes sent: {summary['bytes_total'] / 1e6:.2f} MB (down + up); rejected replies: {summary['rejected_replies']}")
+    if "adapter_dir" in summary:
+        print(f"  adapter: {summary['adapter_dir']}  (reload check: {'ok' if check.get('matches') else check or 'skipped'})")
+    print(f"  metrics: {out_dir / 'metrics.csv'}  plot: {summary.get('plot', '-')}")
+
+
+if __name__ == "__main__":
+    main()
