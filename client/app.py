@@ -6,15 +6,18 @@ in-process simulation and ``flwr run`` deployments; per-node facts come from the
 
 from __future__ import annotations
 
+import json
+
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedlora import protocol as P
 from fedlora.config.schema import RunConfig
-from fedlora.lora.codec import from_arrayrecord, to_arrayrecord
 from fedlora.logs import setup_logging
+from fedlora.lora.codec import from_arrayrecord, to_arrayrecord
 from fedlora.training.client_task import (
     NodeFacts,
+    RoundPlan,
     config_from_yaml,
     describe,
     evaluate_round,
@@ -42,15 +45,25 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({P.CAPS: ConfigRecord(describe(cfg, facts))}), reply_to=msg)
 
 
+def _patterns(config: ConfigRecord) -> tuple[dict[str, int] | None, dict[str, float] | None]:
+    ranks = json.loads(str(config[P.RANK_PATTERN])) if P.RANK_PATTERN in config else None
+    alphas = json.loads(str(config[P.ALPHA_PATTERN])) if P.ALPHA_PATTERN in config else None
+    return ranks, alphas
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg, facts, config = _decode(msg, context)
     wire = str(config[P.WIRE_DTYPE])
-    state, metrics = train_round(
-        cfg, facts, from_arrayrecord(msg.content.array_records[P.ARRAYS], wire),
-        server_round=int(config[P.SERVER_ROUND]), lr=float(config[P.LR]),
-        rank=int(config[P.RANK]), alpha=float(config[P.ALPHA]), labels=_labels(config),
+    frozen = msg.content.array_records.get(P.FROZEN)
+    plan = RoundPlan(
+        server_round=int(config[P.SERVER_ROUND]), lr=float(config[P.LR]), rank=int(config[P.RANK]),
+        alpha=float(config[P.ALPHA]), labels=_labels(config),
+        frozen=from_arrayrecord(frozen, wire) if frozen is not None else None,
+        freeze_a=bool(config.get(P.FREEZE_A, False)), a_rank_max=int(config.get(P.A_RANK_MAX, 0)),
     )
+    start = from_arrayrecord(msg.content.array_records[P.ARRAYS], wire)
+    state, metrics = train_round(cfg, facts, start, plan)
     reply = RecordDict({P.ARRAYS: to_arrayrecord(state, wire), P.METRICS: MetricRecord(metrics)})
     return Message(reply, reply_to=msg)
 
@@ -59,8 +72,10 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     cfg, facts, config = _decode(msg, context)
     wire = str(config[P.WIRE_DTYPE])
+    ranks, alphas = _patterns(config)
     metrics = evaluate_round(
         cfg, facts, from_arrayrecord(msg.content.array_records[P.ARRAYS], wire),
         rank=int(config[P.RANK]), alpha=float(config[P.ALPHA]), labels=_labels(config),
+        rank_pattern=ranks, alpha_pattern=alphas,
     )
     return Message(RecordDict({P.METRICS: MetricRecord(metrics)}), reply_to=msg)

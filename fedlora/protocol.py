@@ -9,6 +9,7 @@ ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
 CAPS = "caps"
+FROZEN = "frozen"  # ArrayRecord: a second adapter applied frozen (flora's global update)
 
 # ConfigRecord keys sent by the server.
 SERVER_ROUND = "server-round"
@@ -19,6 +20,10 @@ LABELS = "labels"
 RANK = "rank"
 ALPHA = "alpha"
 SEED = "seed"
+FREEZE_A = "freeze-a"  # ffa: regenerate A from lora.init_seed, keep it frozen, upload B only
+A_RANK_MAX = "a-rank-max"  # ffa: rank of the shared A the client takes its first rows from
+RANK_PATTERN = "rank-pattern"  # JSON {module: rank} of a global adapter whose modules differ
+ALPHA_PATTERN = "alpha-pattern"  # JSON {module: alpha}
 
 # MetricRecord / capability keys sent by clients.
 NUM_EXAMPLES = "num-examples"
@@ -31,6 +36,7 @@ BASE_MODEL_LOADS = "base-model-loads"
 WORKER_PID = "worker-pid"
 DEVICE = "device"
 NUM_TRAIN_EXAMPLES = "num-train-examples"
+A_HASH = "a-hash"  # ffa: fingerprint of the client's frozen A (fedlora.lora.init.state_hash)
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
 

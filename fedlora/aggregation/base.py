@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -47,11 +47,31 @@ class ClientUpdate:
 
 @dataclass(frozen=True)
 class GlobalAdapter:
-    """An adapter that represents the global model: state plus the rank/alpha to load it with."""
+    """An adapter that represents the global model: state plus the rank/alpha to load it with.
+
+    ``rank_pattern``/``alpha_pattern`` use PEFT's vocabulary: per-module overrides of ``rank`` and
+    ``alpha``, keyed by the module names of ``state`` (``lora_modules(state)``). Strategies whose
+    global update is factored with the scaling folded in (flora, flexlora) give every module
+    ``alpha == rank`` (scaling 1), so ``B @ A`` of the state is the update itself.
+    """
 
     state: LoraState
     rank: int
     alpha: float
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+
+    def module_rank(self, module: str) -> int:
+        return self.rank_pattern.get(module, self.rank)
+
+    def module_scaling(self, module: str) -> float:
+        return self.alpha_pattern.get(module, self.alpha) / self.module_rank(module)
+
+    def factors(self) -> dict[str, Factors]:
+        """The update of every LoRA module as factors with the scaling folded into B."""
+        return {
+            m: Factors(B=self.module_scaling(m) * pair.B, A=pair.A) for m, pair in lora_modules(self.state).items()
+        }
 
 
 class Aggregator(ABC):
@@ -60,24 +80,49 @@ class Aggregator(ABC):
     name: ClassVar[str]
     exact: ClassVar[bool]
     accepts_mixed_ranks: ClassVar[bool]
+    freeze_a: ClassVar[bool] = False
+    """True (ffa): clients regenerate A from ``lora.init_seed``, keep it frozen and upload only B."""
 
-    def __init__(self, *, alpha: float, norm_weighted: bool = False, rank_cap: int = 0, energy: float = 0.0):
+    def __init__(
+        self, *, alpha: float, norm_weighted: bool = False, rank_cap: int = 0, energy: float = 0.0,
+        init_seed: int | None = None,
+    ):
         self.alpha = alpha
         self.norm_weighted = norm_weighted
         self.rank_cap = rank_cap
         self.energy = energy
+        self.init_seed = init_seed  # lora.init_seed, for strategies that draw fresh adapters
 
     @abstractmethod
     def init_state(self, initial: GlobalAdapter) -> None:
         """Set the global state before round 1 from the initial adapter."""
 
+    def begin_round(self, server_round: int) -> None:  # noqa: B027  (optional hook)
+        """Called before the payloads of ``server_round`` are built (e.g. to seed fresh adapters)."""
+
     @abstractmethod
     def payload(self, spec: ClientSpec) -> LoraState:
-        """The adapter state client ``spec`` starts its local training from."""
+        """The trainable adapter state client ``spec`` starts its local training from.
+
+        PEFT keys at the client's rank ``spec.rank`` (plus any trainable head). With
+        ``freeze_a`` the A factors are left out: the client regenerates them from the seed.
+        """
+
+    def frozen(self, spec: ClientSpec) -> LoraState | None:
+        """A second adapter the client applies frozen under its trainable one, or None.
+
+        Scaling folded in (the client loads it with ``alpha == rank`` per module), so its
+        ``B @ A`` is added to the base weights' output as is. Module ranks may differ.
+        """
+        return None
 
     def reply_template(self, spec: ClientSpec, payload: LoraState) -> LoraState:
         """Keys and shapes a reply from ``spec`` must have; by default those of its payload."""
         return payload
+
+    def payload_metrics(self) -> dict[str, float]:
+        """Metrics about the payloads built since :meth:`begin_round` (e.g. truncation energy)."""
+        return {}
 
     @abstractmethod
     def aggregate(self, updates: Sequence[ClientUpdate]) -> dict[str, float]:

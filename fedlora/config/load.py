@@ -77,6 +77,8 @@ def cross_checks(cfg: RunConfig) -> list[str]:
         )
     if cfg.data.partitioner == "dirichlet" and cfg.model.task != "classification":
         out.append("data.partitioner: 'dirichlet' splits by label and needs model.task='classification'")
+    if cfg.export.merged and cfg.model.quantization != "none":
+        out.append("export.merged: a merged full model needs an unquantized base (model.quantization='none')")
     if cfg.model.quantization == "nf4" and cfg.model.dtype == "float16":
         out.append("model.dtype: float16 compute with nf4 is not supported; use float32 or bfloat16")
     if cfg.federation.min_evaluate_clients > cfg.federation.num_clients:

@@ -232,11 +232,19 @@ class ExportConfig:
     merged: bool = False
     verify: bool = True
     checkpoint_every: int = 1
+    rank: int = 0
+    energy: float = 0.0
+    audit: bool = False
 
     def problems(self) -> list[str]:
+        out = []
         if self.checkpoint_every < 0:
-            return [f"export.checkpoint_every: expected >= 0, got {self.checkpoint_every}"]
-        return []
+            out.append(f"export.checkpoint_every: expected >= 0, got {self.checkpoint_every}")
+        if self.rank < 0:
+            out.append(f"export.rank: expected >= 0 (0 = no compression), got {self.rank}")
+        if not 0.0 <= self.energy <= 1.0:
+            out.append(f"export.energy: expected a value in [0, 1] (0 = no compression), got {self.energy}")
+        return out
 
 
 @dataclass

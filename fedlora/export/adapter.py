@@ -13,6 +13,8 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +37,23 @@ MANIFEST = "fedlora.json"
 def save_adapter(
     cfg: RunConfig, adapter: GlobalAdapter, labels: list[str] | None, out_dir: Path, provenance: dict[str, Any]
 ) -> Path:
-    """Write ``adapter`` as a PEFT adapter directory; return its path."""
+    """Write ``adapter`` as a PEFT adapter directory; return its path.
+
+    PEFT's own ``save_pretrained`` writes the files (so the layout and the config are PEFT's); a
+    non-default adapter name would put them in a subfolder, which is flattened here.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lora = dataclasses.replace(cfg.lora, alpha=adapter.alpha)
-    model = build_lora_model(cfg.model, lora, rank=adapter.rank, num_labels=len(labels) if labels else None)
+    model = build_lora_model(cfg.model, lora, rank=adapter.rank, num_labels=len(labels) if labels else None,
+                             rank_pattern=adapter.rank_pattern, alpha_pattern=adapter.alpha_pattern)
     set_lora_state(model, adapter.state)
-    model.save_pretrained(str(out_dir))
+    name = model.active_adapter
+    with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
+        model.save_pretrained(tmp, selected_adapters=[name])
+        written = Path(tmp) / name if name != "default" else Path(tmp)
+        for path in written.iterdir():
+            shutil.move(str(path), out_dir / path.name)
     manifest = {
         "fedlora_version": "0.1.0",
         "model": dataclasses.asdict(cfg.model),
@@ -50,6 +62,8 @@ def save_adapter(
         "labels": labels,
         "rank": adapter.rank,
         "alpha": adapter.alpha,
+        "rank_pattern": adapter.rank_pattern,
+        "alpha_pattern": adapter.alpha_pattern,
         "target_modules": list(cfg.lora.target_modules),
         **provenance,
     }
@@ -58,6 +72,17 @@ def save_adapter(
     _write_checksums(out_dir)
     log.info("exported PEFT adapter to %s", out_dir)
     return out_dir
+
+
+def save_merged(adapter_dir: Path, out_dir: Path) -> Path:
+    """Merge the exported adapter into a fresh full-precision base and save the full model."""
+    model, tokenizer, _ = load_exported(adapter_dir, device="cpu")
+    merged = model.merge_and_unload()
+    merged.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    _write_checksums(Path(out_dir))
+    log.info("wrote the merged full model to %s", out_dir)
+    return Path(out_dir)
 
 
 def load_exported(adapter_dir: Path, device: str = "cpu") -> tuple[PeftModel, Any, dict[str, Any]]:

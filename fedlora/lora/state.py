@@ -18,15 +18,20 @@ class LoraStateError(ValueError):
     """An adapter state does not fit the model it is loaded into."""
 
 
-def get_lora_state(model: PeftModel, adapter_name: str = "default") -> LoraState:
+def _adapter(model: PeftModel, adapter_name: str | None) -> str:
+    """The named adapter, or the model's active (trainable) one."""
+    return adapter_name if adapter_name is not None else model.active_adapter
+
+
+def get_lora_state(model: PeftModel, adapter_name: str | None = None) -> LoraState:
     """Detached CPU copies of the adapter's tensors (LoRA factors and any trainable head)."""
-    state = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    state = get_peft_model_state_dict(model, adapter_name=_adapter(model, adapter_name))
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
-def expected_shapes(model: PeftModel, adapter_name: str = "default") -> dict[str, tuple[int, ...]]:
+def expected_shapes(model: PeftModel, adapter_name: str | None = None) -> dict[str, tuple[int, ...]]:
     """Adapter keys of ``model`` and their shapes."""
-    state = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    state = get_peft_model_state_dict(model, adapter_name=_adapter(model, adapter_name))
     return {k: tuple(v.shape) for k, v in state.items()}
 
 
@@ -50,11 +55,12 @@ def check_state_fits(state: LoraState, shapes: dict[str, tuple[int, ...]]) -> No
         raise LoraStateError("adapter state does not fit the model: " + " | ".join(problems))
 
 
-def set_lora_state(model: PeftModel, state: LoraState, adapter_name: str = "default") -> None:
-    """Load ``state`` into the adapter, in place, refusing any key or shape mismatch.
+def set_lora_state(model: PeftModel, state: LoraState, adapter_name: str | None = None) -> None:
+    """Load ``state`` into the adapter (the active one by default), refusing any key or shape mismatch.
 
     Tensors are cast to each parameter's dtype and device by PEFT's loader.
     """
+    adapter_name = _adapter(model, adapter_name)
     check_state_fits(state, expected_shapes(model, adapter_name))
     result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
     if result.unexpected_keys:  # defensive: PEFT renamed a key we believed valid

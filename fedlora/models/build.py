@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
@@ -274,8 +275,10 @@ def build_lora_model(
     *,
     rank: int | None = None,
     num_labels: int | None = None,
+    rank_pattern: Mapping[str, int] | None = None,
+    alpha_pattern: Mapping[str, float] | None = None,
 ) -> peft.PeftModel:
-    """Wrap the base model with a fresh LoRA adapter (cached per process, in eval mode).
+    """The cached LoRA-wrapped model with an adapter of this shape active (in eval mode).
 
     Parameters
     ----------
@@ -288,29 +291,43 @@ def build_lora_model(
         LoRA rank of this client; ``None`` means ``lora_cfg.r``.
     num_labels
         Number of classes (classification only).
+    rank_pattern, alpha_pattern
+        PEFT's per-module overrides (module names as in the adapter state), for global adapters
+        whose modules differ.
 
     Returns
     -------
     peft.PeftModel
-        The same object for the same arguments within a process: callers load their LoRA weights
-        into it each round and switch ``train()``/``eval()`` themselves.
+        One object per base model and target modules within a process: each adapter shape is a
+        named PEFT adapter on it (:mod:`fedlora.models.adapters`), added on first use and made
+        the active, trainable one on every call. Callers load their LoRA weights into it and
+        switch ``train()``/``eval()`` themselves.
     """
-    from fedlora.models.peft_wrap import wrap_with_lora
+    from fedlora.models.adapters import AdapterSpec, activate, add_adapter, lora_config, patterns_from
+    from fedlora.models.peft_wrap import unwrap_head, wrap_with_lora
 
     num_labels = _check_num_labels(model_cfg, num_labels)
     rank = lora_cfg.r if rank is None else rank
     if rank < 1:
         raise ValueError(f"lora.r / lora.ranks: expected a positive rank, got {rank}")
     train_head = lora_cfg.train_head if model_cfg.task == "classification" else None
-    lora_key = (rank, float(lora_cfg.alpha), float(lora_cfg.dropout), tuple(lora_cfg.target_modules),
-                train_head, lora_cfg.init_seed)
+    ranks, alphas = patterns_from(rank, float(lora_cfg.alpha), rank_pattern or {}, alpha_pattern or {})
+    spec = AdapterSpec(rank=rank, alpha=float(lora_cfg.alpha), dropout=float(lora_cfg.dropout),
+                       init_seed=lora_cfg.init_seed, rank_pattern=ranks, alpha_pattern=alphas)
     base_key = (_model_key(model_cfg), num_labels)
-    key = (base_key, lora_key)
+    key = (base_key, tuple(lora_cfg.target_modules), train_head)
     with _lock:
-        if key not in _lora_models:
+        model = _lora_models.get(key)
+        if model is None:
             # Take the cached base over (PEFT mutates it); load a fresh copy if it is gone.
             base = _bases.pop(base_key, None)
             if base is None:
                 base = _load(model_cfg, num_labels)
-            _lora_models[key] = wrap_with_lora(base, model_cfg, lora_cfg, rank=rank)
-        return _lora_models[key]
+            model = _lora_models[key] = wrap_with_lora(base, model_cfg, lora_cfg, spec)
+        elif spec.name not in model.peft_config:
+            add_adapter(model, spec, lora_config(spec, model_cfg.task, list(lora_cfg.target_modules)))
+            if model_cfg.task == "classification" and not lora_cfg.train_head:
+                unwrap_head(model)
+        activate(model, spec.name)
+        model.eval()
+        return model

@@ -23,6 +23,7 @@ from peft.utils.other import ModulesToSaveWrapper
 from transformers import PreTrainedModel
 
 from fedlora.config.schema import LoraConfig, ModelConfig
+from fedlora.models.adapters import AdapterSpec, lora_config
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def check_target_modules(model: torch.nn.Module, target_modules: list[str]) -> N
         )
 
 
-def _unwrap_head(model: peft.PeftModel) -> None:
+def unwrap_head(model: peft.PeftModel) -> None:
     """Undo PEFT's automatic ``modules_to_save`` head: restore the original, frozen module."""
     for name, module in list(model.named_modules()):
         if isinstance(module, ModulesToSaveWrapper):
@@ -68,9 +69,9 @@ def _unwrap_head(model: peft.PeftModel) -> None:
 
 
 def wrap_with_lora(
-    base: PreTrainedModel, model_cfg: ModelConfig, lora_cfg: LoraConfig, *, rank: int
+    base: PreTrainedModel, model_cfg: ModelConfig, lora_cfg: LoraConfig, spec: AdapterSpec
 ) -> peft.PeftModel:
-    """Wrap ``base`` in place with a new LoRA adapter.
+    """Wrap ``base`` in place with its first LoRA adapter, named ``spec.name``.
 
     Parameters
     ----------
@@ -79,9 +80,9 @@ def wrap_with_lora(
     model_cfg
         Its configuration (task and quantization matter here).
     lora_cfg
-        Adapter shape; ``r`` and ``ranks`` are ignored in favour of ``rank``.
-    rank
-        LoRA rank.
+        Target modules and whether the classification head trains (``train_head``).
+    spec
+        The adapter's rank, alpha, dropout, init seed and per-module patterns.
 
     Returns
     -------
@@ -94,22 +95,16 @@ def wrap_with_lora(
         # Casts norms to float32 and makes inputs require grad, so LoRA on a frozen 4-bit base trains.
         base = peft.prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     check_target_modules(base, list(lora_cfg.target_modules))
-    config = peft.LoraConfig(
-        task_type=peft.TaskType.SEQ_CLS if classification else peft.TaskType.CAUSAL_LM,
-        r=rank,
-        lora_alpha=lora_cfg.alpha,
-        lora_dropout=lora_cfg.dropout,
-        target_modules=list(lora_cfg.target_modules),
-    )
+    config = lora_config(spec, model_cfg.task, list(lora_cfg.target_modules))
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(lora_cfg.init_seed)
-        model = peft.get_peft_model(base, config)
+        torch.manual_seed(spec.init_seed)
+        model = peft.get_peft_model(base, config, adapter_name=spec.name)
     if classification and not lora_cfg.train_head:
-        _unwrap_head(model)
+        unwrap_head(model)
     model.eval()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     head = (" + head" if lora_cfg.train_head else " (head frozen)") if classification else ""
     logger.info("wrapped %s with LoRA r=%s alpha=%s on %s%s: %s of %s parameters trainable", model_cfg.name,
-                rank, lora_cfg.alpha, list(lora_cfg.target_modules), head, trainable, total)
+                spec.rank, spec.alpha, list(lora_cfg.target_modules), head, trainable, total)
     return model

@@ -9,6 +9,7 @@ received. The maths stays in :mod:`fedlora.aggregation`.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -25,6 +26,7 @@ from fedlora.aggregation import Aggregator, ClientSpec, ClientUpdate
 from fedlora.config.schema import RunConfig
 from fedlora.lora.codec import record_nbytes, to_arrayrecord
 from fedlora.results import RunRecorder
+from fedlora.strategies.audit import Auditor
 from fedlora.strategies.validation import BadReply, validate_reply
 from fedlora.training.schedule import lr_for_round
 
@@ -62,6 +64,8 @@ class LoraStrategy(FedAvg):
         recorder: RunRecorder,
         shared_config: dict[str, Any],
         round_offset: int = 0,
+        global_rank: int = 0,
+        auditor: Auditor | None = None,
     ):
         fed = cfg.federation
         super().__init__(
@@ -77,7 +81,19 @@ class LoraStrategy(FedAvg):
         self.recorder = recorder
         self.shared_config = shared_config
         self.round_offset = round_offset
+        self.global_rank = global_rank or max(n.rank for n in nodes.values())
+        self.auditor = auditor
         self._sent: dict[int, _Sent] = {}
+
+    def _check_frozen_a(self, spec: ClientSpec, metrics: MetricRecord) -> str:
+        """FFA-LoRA: the A a client trained against must be the shared one (by its hash)."""
+        if not self.aggregator.freeze_a:
+            return ""
+        expected = self.aggregator.a_hash(spec.rank)  # type: ignore[attr-defined]
+        got = metrics.get(P.A_HASH)
+        if got is None or int(got) != expected:
+            return f"{P.A_HASH} {got!r} does not match the shared A of rank {spec.rank} ({expected})"
+        return ""
 
     # -- sampling and payloads ---------------------------------------------------------------
     def spec_of(self, node: NodeInfo) -> ClientSpec:
@@ -91,9 +107,14 @@ class LoraStrategy(FedAvg):
         rng = random.Random(f"{self.cfg.federation.seed}-{server_round}")
         return sorted(rng.sample(pool, k), key=lambda n: n.partition_id)
 
-    def _message(self, node: NodeInfo, record: ArrayRecord, extra: dict[str, Any], kind: str) -> Message:
+    def _message(
+        self, node: NodeInfo, record: ArrayRecord, extra: dict[str, Any], kind: str,
+        frozen: ArrayRecord | None = None,
+    ) -> Message:
         config = ConfigRecord({**self.shared_config, **extra})
         content = RecordDict({P.ARRAYS: record, P.CONFIG: config})
+        if frozen is not None:
+            content[P.FROZEN] = frozen
         return Message(content, dst_node_id=node.node_id, message_type=kind)
 
     def configure_train(
@@ -103,20 +124,30 @@ class LoraStrategy(FedAvg):
         self.recorder.start_round(rnd)
         lr = lr_for_round(self.cfg.train, rnd, self.cfg.federation.num_rounds)
         chosen = self.sample(grid, rnd, self.fraction_train, self.min_train_nodes)
+        self.aggregator.begin_round(rnd)
+        wire = self.cfg.federation.wire_dtype
         self._sent, messages = {}, []
         for node in chosen:
             spec = self.spec_of(node)
             payload = self.aggregator.payload(spec)
-            record = to_arrayrecord(payload, self.cfg.federation.wire_dtype)
+            frozen_state = self.aggregator.frozen(spec)
+            record = to_arrayrecord(payload, wire)
+            frozen = to_arrayrecord(frozen_state, wire) if frozen_state is not None else None
             shapes = {k: tuple(v.shape) for k, v in self.aggregator.reply_template(spec, payload).items()}
-            self._sent[node.node_id] = _Sent(spec, shapes, record_nbytes(record), node.partition_id)
-            extra = {P.SERVER_ROUND: rnd, P.LR: lr, P.RANK: spec.rank, P.ALPHA: spec.alpha}
-            messages.append(self._message(node, record, extra, MessageType.TRAIN))
+            nbytes = record_nbytes(record) + (record_nbytes(frozen) if frozen is not None else 0)
+            self._sent[node.node_id] = _Sent(spec, shapes, nbytes, node.partition_id)
+            extra: dict[str, Any] = {P.SERVER_ROUND: rnd, P.LR: lr, P.RANK: spec.rank, P.ALPHA: spec.alpha}
+            if self.aggregator.freeze_a:
+                extra.update({P.FREEZE_A: True, P.A_RANK_MAX: self.global_rank})
+            messages.append(self._message(node, record, extra, MessageType.TRAIN, frozen))
         log.info(
             "round %d: training on %d/%d clients (partitions %s), lr %.2e",
             rnd, len(chosen), len(self.nodes), [n.partition_id for n in chosen], lr,
         )
-        self.recorder.add(lr=lr, bytes_down=sum(s.nbytes for s in self._sent.values()))
+        self.recorder.add(lr=lr, bytes_down=sum(s.nbytes for s in self._sent.values()),
+                          **_snake(self.aggregator.payload_metrics()))
+        if self.auditor is not None:
+            self.auditor.start_round(rnd, self.aggregator)
         return messages
 
     # -- aggregation -----------------------------------------------------------------------
@@ -142,6 +173,12 @@ class LoraStrategy(FedAvg):
                     {"round": rnd, "node_id": node_id, "partition_id": sent.partition_id, "reason": str(err)}
                 )
                 continue
+            reason = self._check_frozen_a(sent.spec, metrics)
+            if reason:
+                self.recorder.add_rejected(
+                    {"round": rnd, "node_id": node_id, "partition_id": sent.partition_id, "reason": reason}
+                )
+                continue
             n = int(metrics[P.NUM_EXAMPLES])
             updates.append(ClientUpdate(spec=sent.spec, state=state, num_examples=n))
             losses.append((n, float(metrics.get(P.TRAIN_LOSS, math.nan))))
@@ -160,9 +197,11 @@ class LoraStrategy(FedAvg):
             )
             return None, None
         agg_metrics = self.aggregator.aggregate(updates)
+        if self.auditor is not None:
+            self.auditor.write(updates, self.aggregator)
         total = sum(n for n, _ in losses)
         train_loss = sum(n * loss for n, loss in losses) / total
-        self.recorder.add(train_loss=train_loss, **{k.replace("-", "_"): v for k, v in agg_metrics.items()})
+        self.recorder.add(train_loss=train_loss, **_snake(agg_metrics))
         record = to_arrayrecord(self.aggregator.global_adapter().state, self.cfg.federation.wire_dtype)
         return record, MetricRecord({P.TRAIN_LOSS: train_loss, **agg_metrics})
 
@@ -176,7 +215,10 @@ class LoraStrategy(FedAvg):
         adapter = self.aggregator.global_adapter()
         record = to_arrayrecord(adapter.state, self.cfg.federation.wire_dtype)
         chosen = self.sample(grid, rnd, self.fraction_evaluate, self.min_evaluate_nodes)
-        extra = {P.SERVER_ROUND: rnd, P.RANK: adapter.rank, P.ALPHA: adapter.alpha}
+        extra: dict[str, Any] = {P.SERVER_ROUND: rnd, P.RANK: adapter.rank, P.ALPHA: adapter.alpha}
+        if adapter.rank_pattern or adapter.alpha_pattern:
+            extra[P.RANK_PATTERN] = json.dumps(adapter.rank_pattern)
+            extra[P.ALPHA_PATTERN] = json.dumps(adapter.alpha_pattern)
         return [self._message(n, record, extra, MessageType.EVALUATE) for n in chosen]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -201,6 +243,11 @@ class LoraStrategy(FedAvg):
             self.aggregator.name, len(self.nodes), self.fraction_train, self.min_train_nodes,
             self.cfg.federation.wire_dtype,
         )
+
+
+def _snake(metrics: dict[str, float]) -> dict[str, float]:
+    """Flower's kebab-case metric names as the snake_case columns of the metric files."""
+    return {k.replace("-", "_"): v for k, v in metrics.items()}
 
 
 def _client_row(rnd: int, node_id: int, sent: _Sent, metrics: MetricRecord, nbytes: int) -> dict[str, Any]:

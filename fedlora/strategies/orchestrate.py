@@ -22,11 +22,13 @@ from fedlora import protocol as P
 from fedlora.aggregation import GlobalAdapter, get_aggregator
 from fedlora.config.load import to_yaml
 from fedlora.config.schema import RunConfig
-from fedlora.export.adapter import load_exported, save_adapter, state_checksum
+from fedlora.export.adapter import load_exported, save_adapter, save_merged, state_checksum
+from fedlora.export.compress import compress_adapter
 from fedlora.lora.codec import to_arrayrecord
 from fedlora.lora.init import initial_state
 from fedlora.results import RunRecorder
 from fedlora.results.plots import plot_run
+from fedlora.strategies.audit import Auditor
 from fedlora.strategies.lora_strategy import LoraStrategy, NodeInfo
 from fedlora.training.central import CentralEvaluator
 
@@ -78,7 +80,7 @@ def run_server(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
 
     aggregator = get_aggregator(cfg.strategy.name)(
         alpha=cfg.lora.alpha, norm_weighted=cfg.strategy.norm_weighted,
-        rank_cap=cfg.strategy.rank_cap, energy=cfg.strategy.energy,
+        rank_cap=cfg.strategy.rank_cap, energy=cfg.strategy.energy, init_seed=cfg.lora.init_seed,
     )
     global_rank = max(n.rank for n in nodes.values())
     shapes = evaluator.adapter_shapes(global_rank)
@@ -86,7 +88,8 @@ def run_server(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     done = _resume(cfg, aggregator, recorder) if cfg.resume else 0
 
     strategy = LoraStrategy(cfg=cfg, aggregator=aggregator, nodes=nodes, recorder=recorder,
-                            shared_config=shared, round_offset=done)
+                            shared_config=shared, round_offset=done, global_rank=global_rank,
+                            auditor=Auditor(out_dir) if cfg.export.audit else None)
 
     def end_of_round(server_round: int, _arrays: Any) -> MetricRecord | None:
         rnd = server_round + done
@@ -135,15 +138,8 @@ def _finish(cfg: RunConfig, out_dir: Path, aggregator: Any, evaluator: CentralEv
         "final": final, "bytes_total": final.get("bytes_down_total", 0) + final.get("bytes_up_total", 0),
         "rejected_replies": len(recorder.rejected),
     }
-    adapter = aggregator.global_adapter()
     if cfg.export.adapter:
-        final_metrics = {k[5:]: v for k, v in final.items() if k.startswith("eval_")}
-        provenance = {"num_clients": len(nodes), "rounds": cfg.federation.num_rounds, "run_dir": str(out_dir),
-                      "final_metrics": final_metrics, "state_checksum": state_checksum(adapter.state)}
-        adapter_dir = save_adapter(cfg, adapter, evaluator.labels, out_dir / "adapter", provenance)
-        summary["adapter_dir"] = str(adapter_dir)
-        if cfg.export.verify and cfg.federation.central_eval:
-            summary["export_check"] = verify_export(adapter_dir, evaluator, final_metrics, cfg.model.device)
+        summary.update(_export(cfg, out_dir, aggregator, evaluator, final, len(nodes)))
     plot = plot_run(recorder.rows, out_dir / "metrics.png", cfg.model.task)
     if plot:
         summary["plot"] = str(plot)
@@ -152,6 +148,30 @@ def _finish(cfg: RunConfig, out_dir: Path, aggregator: Any, evaluator: CentralEv
         log.info("%s", line)
     log.info("run finished in %.1f s; results in %s", seconds, out_dir)
     return summary
+
+
+def _export(cfg: RunConfig, out_dir: Path, aggregator: Any, evaluator: CentralEvaluator,
+            final: dict[str, Any], num_clients: int) -> dict[str, Any]:
+    """Write the global adapter (compressed if export.rank/energy ask for it) and check it reloads."""
+    adapter, kept = compress_adapter(aggregator.global_adapter(), cfg.export.rank, cfg.export.energy)
+    final_metrics = {k[5:]: v for k, v in final.items() if k.startswith("eval_")}
+    compressed = cfg.export.rank > 0 or cfg.export.energy > 0
+    if compressed and cfg.federation.central_eval:
+        # The export is not the server's global update any more: score what is written.
+        final_metrics = evaluator.evaluate(adapter)
+    provenance = {"num_clients": num_clients, "rounds": cfg.federation.num_rounds, "run_dir": str(out_dir),
+                  "final_metrics": final_metrics, "state_checksum": state_checksum(adapter.state),
+                  "export_compression": {"rank": cfg.export.rank, "energy": cfg.export.energy,
+                                         "energy_kept_min": kept} if compressed else None}
+    adapter_dir = save_adapter(cfg, adapter, evaluator.labels, out_dir / "adapter", provenance)
+    out: dict[str, Any] = {"adapter_dir": str(adapter_dir)}
+    if compressed:
+        out["export_energy_kept"] = kept
+    if cfg.export.verify and cfg.federation.central_eval:
+        out["export_check"] = verify_export(adapter_dir, evaluator, final_metrics, cfg.model.device)
+    if cfg.export.merged:
+        out["merged_dir"] = str(save_merged(adapter_dir, out_dir / "merged"))
+    return out
 
 
 def verify_export(adapter_dir: Path, evaluator: CentralEvaluator, server_metrics: dict[str, float],

@@ -37,16 +37,20 @@ class CentralEvaluator:
     def num_labels(self) -> int | None:
         return len(self.labels) if self.labels else None
 
-    def model_for(self, rank: int, alpha: float) -> Any:
+    def model_for(
+        self, rank: int, alpha: float,
+        rank_pattern: dict[str, int] | None = None, alpha_pattern: dict[str, float] | None = None,
+    ) -> Any:
         lora = dataclasses.replace(self.cfg.lora, alpha=alpha)
-        return build_lora_model(self.cfg.model, lora, rank=rank, num_labels=self.num_labels)
+        return build_lora_model(self.cfg.model, lora, rank=rank, num_labels=self.num_labels,
+                                rank_pattern=rank_pattern, alpha_pattern=alpha_pattern)
 
     def adapter_shapes(self, rank: int) -> dict[str, tuple[int, ...]]:
         """Keys and shapes of an adapter of this rank on the configured model."""
         return expected_shapes(self.model_for(rank, self.cfg.lora.alpha))
 
     def evaluate(self, adapter: GlobalAdapter) -> dict[str, float]:
-        model = self.model_for(adapter.rank, adapter.alpha)
+        model = self.model_for(adapter.rank, adapter.alpha, adapter.rank_pattern, adapter.alpha_pattern)
         set_lora_state(model, adapter.state)
         return self.evaluate_model(model)
 

@@ -20,9 +20,13 @@ from typing import Any
 from fedlora.config.load import from_yaml
 from fedlora.config.schema import RunConfig
 from fedlora.data import load_client_data, make_collator, tokenize_dataset
-from fedlora.lora.keys import LoraState
-from fedlora.lora.state import get_lora_state, set_lora_state
+from fedlora.lora.init import initial_state, state_hash
+from fedlora.lora.keys import LoraState, split_key
+from fedlora.lora.state import expected_shapes, get_lora_state, set_lora_state, states_equal
+from fedlora.models.adapters import activate, freeze_lora_a, load_frozen
 from fedlora.models.build import base_model_loads, build_lora_model, load_tokenizer
+from fedlora.protocol import A_HASH as P_A_HASH
+from fedlora.protocol import A_RANK_MAX as P_A_RANK_MAX
 from fedlora.training.evaluate import evaluate
 from fedlora.training.local import train_local
 
@@ -103,31 +107,66 @@ def _tokenize(cfg: RunConfig, partition_id: int, num_partitions: int) -> tuple[A
     return train, heldout, make_collator(tok, cfg.model.task)
 
 
-def _model(cfg: RunConfig, rank: int, alpha: float, num_labels: int | None) -> Any:
+def _model(
+    cfg: RunConfig, rank: int, alpha: float, num_labels: int | None,
+    rank_pattern: dict[str, int] | None = None, alpha_pattern: dict[str, float] | None = None,
+) -> Any:
     lora = dataclasses.replace(cfg.lora, alpha=alpha)
-    return build_lora_model(cfg.model, lora, rank=rank, num_labels=num_labels)
+    return build_lora_model(cfg.model, lora, rank=rank, num_labels=num_labels,
+                            rank_pattern=rank_pattern, alpha_pattern=alpha_pattern)
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What the server asked of this client this round, beyond its starting state."""
+
+    server_round: int
+    lr: float
+    rank: int
+    alpha: float
+    labels: list[str] | None = None
+    frozen: LoraState | None = None  # flora: the global update, applied as a frozen second adapter
+    freeze_a: bool = False  # ffa: A regenerated from lora.init_seed, frozen, not uploaded
+    a_rank_max: int = 0  # ffa: rank of the shared A (the client uses its first `rank` rows)
+
+
+def shared_a(cfg: RunConfig, shapes: dict[str, tuple[int, ...]], rank: int, rank_max: int) -> LoraState:
+    """FFA-LoRA's shared A, regenerated exactly as the server drew its initial adapter.
+
+    The server draws the round-0 adapter at the largest rank with :func:`initial_state` over all
+    keys in sorted order, so the client rebuilds that same key set at ``rank_max`` and keeps
+    the first ``rank`` rows of every A.
+    """
+    if rank_max < rank:
+        raise ValueError(f"{P_A_RANK_MAX}={rank_max} is smaller than this client's rank {rank}")
+    at_max = {}
+    for key, shape in shapes.items():
+        kind = split_key(key)[1]
+        at_max[key] = (rank_max, shape[1]) if kind == "A" else (shape[0], rank_max) if kind == "B" else shape
+    drawn = initial_state(at_max, cfg.lora.init_seed)
+    return {k: v[:rank].clone() for k, v in drawn.items() if split_key(k)[1] == "A"}
 
 
 def train_round(
-    cfg: RunConfig,
-    facts: NodeFacts,
-    state: LoraState,
-    *,
-    server_round: int,
-    lr: float,
-    rank: int,
-    alpha: float,
-    labels: list[str] | None,
+    cfg: RunConfig, facts: NodeFacts, state: LoraState, plan: RoundPlan
 ) -> tuple[LoraState, dict[str, float | int]]:
-    """Warm-start from ``state``, train locally, return the new state and metrics."""
+    """Warm-start from ``state`` (plus a frozen adapter or shared A), train locally, return the new state."""
     cfg = local_config(cfg, facts)
-    model = _model(cfg, rank, alpha, len(labels) if labels else None)
-    set_lora_state(model, state)
-    train, heldout, collate = _tokenized(cfg, facts.partition_id, facts.num_partitions)
-    seed = cfg.train.seed + 1000 * server_round + facts.partition_id
-    result = train_local(
-        model, train, collate, cfg.train, lr=lr, seed=seed, label=f"client {facts.partition_id} round {server_round}"
-    )
+    model = _model(cfg, plan.rank, plan.alpha, len(plan.labels) if plan.labels else None)
+    trainable = model.active_adapter
+    a_part: LoraState = {}
+    if plan.freeze_a:
+        a_part = shared_a(cfg, expected_shapes(model), plan.rank, plan.a_rank_max)
+    set_lora_state(model, {**state, **a_part})
+    if plan.frozen is not None:
+        load_frozen(model, plan.frozen, cfg.model.task, list(cfg.lora.target_modules))
+        activate(model, trainable, with_frozen=True)
+    if plan.freeze_a:
+        freeze_lora_a(model, trainable)
+    train, _, collate = _tokenized(cfg, facts.partition_id, facts.num_partitions)
+    seed = cfg.train.seed + 1000 * plan.server_round + facts.partition_id
+    label = f"client {facts.partition_id} round {plan.server_round}"
+    result = train_local(model, train, collate, cfg.train, lr=plan.lr, seed=seed, label=label)
     metrics: dict[str, float | int] = {
         "num-examples": result.num_examples,
         "train-loss": result.loss,
@@ -136,15 +175,24 @@ def train_round(
         "base-model-loads": base_model_loads(),
         "worker-pid": os.getpid(),
     }
-    return get_lora_state(model), metrics
+    out = get_lora_state(model)
+    if plan.freeze_a:
+        a_now = {k: v for k, v in out.items() if k in a_part}
+        if not states_equal(a_now, a_part):
+            raise RuntimeError(f"[{label}] the frozen A changed during training")
+        metrics[P_A_HASH] = state_hash(a_now)
+        out = {k: v for k, v in out.items() if k not in a_part}
+    activate(model, trainable)  # leave no frozen adapter active for the next caller
+    return out, metrics
 
 
 def evaluate_round(
-    cfg: RunConfig, facts: NodeFacts, state: LoraState, *, rank: int, alpha: float, labels: list[str] | None
+    cfg: RunConfig, facts: NodeFacts, state: LoraState, *, rank: int, alpha: float, labels: list[str] | None,
+    rank_pattern: dict[str, int] | None = None, alpha_pattern: dict[str, float] | None = None,
 ) -> dict[str, float | int]:
     """Evaluate a global adapter on this client's held-out split."""
     cfg = local_config(cfg, facts)
-    model = _model(cfg, rank, alpha, len(labels) if labels else None)
+    model = _model(cfg, rank, alpha, len(labels) if labels else None, rank_pattern, alpha_pattern)
     set_lora_state(model, state)
     _, heldout, collate = _tokenized(cfg, facts.partition_id, facts.num_partitions)
     if heldout is None:

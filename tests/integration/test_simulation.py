@@ -89,13 +89,16 @@ def test_causal_lm_client_round_lowers_response_loss(tmp_path):
     from fedlora.lora.init import initial_state
     from fedlora.lora.state import expected_shapes
     from fedlora.models.build import build_lora_model
-    from fedlora.training.client_task import node_facts, train_round
+    from fedlora.training.client_task import RoundPlan, node_facts, train_round
 
     cfg = compose(["preset=smoke_llm", "train.local_steps=15", "train.lr=1e-2"])
     facts = node_facts(cfg, {"partition-id": 0, "num-partitions": 2})
     model = build_lora_model(cfg.model, cfg.lora, rank=cfg.lora.r)
     state0 = initial_state(expected_shapes(model), 0)
-    state1, metrics = train_round(cfg, facts, state0, server_round=1, lr=1e-2, rank=cfg.lora.r, alpha=cfg.lora.alpha, labels=None)
-    state2, metrics2 = train_round(cfg, facts, state1, server_round=2, lr=1e-2, rank=cfg.lora.r, alpha=cfg.lora.alpha, labels=None)
+    def plan(rnd: int) -> RoundPlan:
+        return RoundPlan(server_round=rnd, lr=1e-2, rank=cfg.lora.r, alpha=cfg.lora.alpha)
+
+    state1, metrics = train_round(cfg, facts, state0, plan(1))
+    state2, metrics2 = train_round(cfg, facts, state1, plan(2))
     assert metrics2["train-loss"] < metrics["train-loss"]
     assert any(not torch.equal(state0[k], state2[k]) for k in state0)
