@@ -26,7 +26,7 @@ from fedlora.aggregation import GlobalAdapter
 from fedlora.config.schema import ModelConfig, RunConfig
 from fedlora.export.card import model_card
 from fedlora.lora.state import set_lora_state
-from fedlora.models.build import build_lora_model, select_device, select_dtype
+from fedlora.models.build import LOAD_SEED, build_lora_model, quantization_kwargs, select_device, select_dtype
 from fedlora.models.sources import resolve_model
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def save_adapter(
 
 def save_merged(adapter_dir: Path, out_dir: Path) -> Path:
     """Merge the exported adapter into a fresh full-precision base and save the full model."""
-    model, tokenizer, _ = load_exported(adapter_dir, device="cpu")
+    model, tokenizer, _ = load_exported(adapter_dir, device="cpu", quantization="none")
     merged = model.merge_and_unload()
     merged.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
@@ -85,30 +85,41 @@ def save_merged(adapter_dir: Path, out_dir: Path) -> Path:
     return Path(out_dir)
 
 
-def load_exported(adapter_dir: Path, device: str = "cpu") -> tuple[PeftModel, Any, dict[str, Any]]:
+def load_exported(
+    adapter_dir: Path, device: str = "cpu", quantization: str | None = None
+) -> tuple[PeftModel, Any, dict[str, Any]]:
     """Reload an export as a user would: fresh base from disk + ``PeftModel.from_pretrained``.
 
     Returns ``(model, tokenizer, manifest)``. The base is loaded directly with transformers (not
     through fedlora's per-process cache), so nothing carried over from training can leak in.
+    ``quantization`` defaults to the training run's (``'nf4'`` reloads a 4-bit base, as the
+    server evaluated it); pass ``'none'`` for a full-precision base.
     """
     adapter_dir = Path(adapter_dir)
     manifest = json.loads((adapter_dir / MANIFEST).read_text())
     model_cfg = ModelConfig(**{**manifest["model"], "device": device})
+    if quantization is not None:
+        model_cfg = dataclasses.replace(model_cfg, quantization=quantization)
     base_path = resolve_model(model_cfg).path
     dev = select_device(model_cfg.device)
     dtype = select_dtype(model_cfg.dtype, dev)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
+    kwargs: dict[str, Any] = {"dtype": dtype, **quantization_kwargs(model_cfg, dev, dtype)}
     if manifest["task"] == "classification":
         labels = manifest["labels"]
-        base = AutoModelForSequenceClassification.from_pretrained(
-            base_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={name: i for i, name in enumerate(labels)}, dtype=dtype,
-        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(LOAD_SEED)  # an untrained (lora.train_head=false) head as in training
+            base = AutoModelForSequenceClassification.from_pretrained(
+                base_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                label2id={name: i for i, name in enumerate(labels)}, **kwargs,
+            )
         if base.config.pad_token_id is None:
             base.config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
     else:
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
-    model = PeftModel.from_pretrained(base.to(dev), str(adapter_dir))
+        base = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
+    if model_cfg.quantization == "none":
+        base = base.to(dev)
+    model = PeftModel.from_pretrained(base, str(adapter_dir))
     model.eval()
     return model, tokenizer, manifest
 

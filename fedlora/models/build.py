@@ -175,6 +175,26 @@ def _check_num_labels(cfg: ModelConfig, num_labels: int | None) -> int | None:
     return num_labels
 
 
+def quantization_kwargs(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> dict:
+    """``from_pretrained`` keyword arguments for ``model.quantization`` (empty for 'none')."""
+    if cfg.quantization == "none":
+        return {}
+    if cfg.quantization != "nf4":
+        raise ValueError(f"model.quantization: expected 'none' or 'nf4', got {cfg.quantization!r}")
+    from transformers import BitsAndBytesConfig
+
+    bnb = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if dtype == torch.bfloat16 else torch.float32,
+        # A seq-cls head must stay dense for PEFT's modules_to_save copy. For causal LMs keep None:
+        # an explicit list would replace transformers' default skips (lm_head, tied embeddings).
+        llm_int8_skip_modules=list(HEAD_NAMES) if cfg.task == "classification" else None,
+    )
+    return {"quantization_config": bnb, "device_map": {"": str(device)}}
+
+
 def _load(cfg: ModelConfig, num_labels: int | None) -> PreTrainedModel:
     """Really load a base model from disk (no caching) and count it."""
     global _loads
@@ -184,21 +204,7 @@ def _load(cfg: ModelConfig, num_labels: int | None) -> PreTrainedModel:
     dtype = select_dtype(cfg.dtype, device)
     tok = load_tokenizer(cfg)
     kwargs: dict = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
-    if cfg.quantization == "nf4":
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16 if dtype == torch.bfloat16 else torch.float32,
-            # A seq-cls head must stay dense for PEFT's modules_to_save copy. For causal LMs keep None:
-            # an explicit list would replace transformers' default skips (lm_head, tied embeddings).
-            llm_int8_skip_modules=list(HEAD_NAMES) if cfg.task == "classification" else None,
-        )
-        kwargs["device_map"] = {"": str(device)}
-    elif cfg.quantization != "none":
-        raise ValueError(f"model.quantization: expected 'none' or 'nf4', got {cfg.quantization!r}")
+    kwargs.update(quantization_kwargs(cfg, device, dtype))
     if cfg.task == "classification":
         auto_cls = AutoModelForSequenceClassification
         # id2label (not num_labels) sets the head size without a warning when the checkpoint has another
