@@ -26,7 +26,8 @@ from fedlora.aggregation import GlobalAdapter
 from fedlora.config.schema import ModelConfig, RunConfig
 from fedlora.export.card import model_card
 from fedlora.lora.state import set_lora_state
-from fedlora.models.build import LOAD_SEED, build_lora_model, quantization_kwargs, select_device, select_dtype
+from fedlora.models.build import LOAD_SEED, build_lora_model
+from fedlora.models.device import quantization_kwargs, select_device, select_dtype
 from fedlora.models.sources import resolve_model
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from fedlora.config.schema import DEVICES, DTYPES, TASKS, LoraConfig, ModelConfig
+from fedlora.config.schema import TASKS, LoraConfig, ModelConfig
+from fedlora.models.device import quantization_kwargs, select_device, select_dtype
 from fedlora.models.sources import resolve_model
 
 if TYPE_CHECKING:
@@ -41,89 +42,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-HEAD_NAMES = ("classifier", "score")
-"""Names of sequence-classification heads (BERT-like and decoder models); PEFT uses the same list."""
-
 LOAD_SEED = 0
 """Torch seed every base model is loaded under: a newly initialised head is the same in every process.
 
 Code that loads a base model without :func:`load_base_model` (e.g. to reload an export whose head was
 not trained, ``lora.train_head=false``) must seed with it too to get the same head."""
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 _lock = threading.RLock()
 _tokenizers: dict[tuple, PreTrainedTokenizerBase] = {}
 _bases: dict[tuple, PreTrainedModel] = {}
 _lora_models: dict[tuple, peft.PeftModel] = {}
 _loads = 0
-
-
-def select_device(preference: str) -> torch.device:
-    """Pick the torch device for ``model.device``.
-
-    Parameters
-    ----------
-    preference
-        ``"auto"`` (CUDA, then Apple MPS, then CPU), ``"cpu"``, ``"cuda"`` or ``"mps"``.
-
-    Returns
-    -------
-    torch.device
-        CUDA devices carry an explicit index (the current device), so ``str(device)`` is a valid
-        ``device_map`` target.
-
-    Raises
-    ------
-    ValueError
-        If the preference is unknown or names an accelerator this process cannot see.
-    """
-    if preference not in DEVICES:
-        raise ValueError(f"model.device: expected one of {list(DEVICES)}, got {preference!r}")
-    cuda_ok = torch.cuda.is_available()
-    mps_ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if preference == "auto":
-        preference = "cuda" if cuda_ok else "mps" if mps_ok else "cpu"
-    if preference == "cuda":
-        if not cuda_ok:
-            raise ValueError(
-                f"model.device: 'cuda' requested but CUDA is not available (torch {torch.__version__}, "
-                f"CUDA build {torch.version.cuda}, "
-                f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); "
-                "set model.device to 'auto' or 'cpu'"
-            )
-        return torch.device("cuda", torch.cuda.current_device())
-    if preference == "mps" and not mps_ok:
-        raise ValueError("model.device: 'mps' requested but Apple MPS is not available; set 'auto' or 'cpu'")
-    return torch.device(preference)
-
-
-def select_dtype(preference: str, device: torch.device) -> torch.dtype:
-    """Pick the parameter dtype for ``model.dtype``.
-
-    Parameters
-    ----------
-    preference
-        ``"auto"`` (bfloat16 on a CUDA device that supports it, else float32), ``"float32"``,
-        ``"bfloat16"`` or ``"float16"``.
-    device
-        The device the model will live on.
-
-    Returns
-    -------
-    torch.dtype
-
-    Raises
-    ------
-    ValueError
-        If the preference is unknown.
-    """
-    if preference not in DTYPES:
-        raise ValueError(f"model.dtype: expected one of {list(DTYPES)}, got {preference!r}")
-    if preference == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    if preference == "float16" and device.type == "cpu":
-        logger.warning("model.dtype=float16 on CPU is slow and poorly supported; use float32 or bfloat16")
-    return _DTYPES[preference]
 
 
 def _model_key(cfg: ModelConfig) -> tuple:
@@ -173,26 +102,6 @@ def _check_num_labels(cfg: ModelConfig, num_labels: int | None) -> int | None:
             f"num_labels: expected a positive integer for model.task='classification', got {num_labels}"
         )
     return num_labels
-
-
-def quantization_kwargs(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> dict:
-    """``from_pretrained`` keyword arguments for ``model.quantization`` (empty for 'none')."""
-    if cfg.quantization == "none":
-        return {}
-    if cfg.quantization != "nf4":
-        raise ValueError(f"model.quantization: expected 'none' or 'nf4', got {cfg.quantization!r}")
-    from transformers import BitsAndBytesConfig
-
-    bnb = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16 if dtype == torch.bfloat16 else torch.float32,
-        # A seq-cls head must stay dense for PEFT's modules_to_save copy. For causal LMs keep None:
-        # an explicit list would replace transformers' default skips (lm_head, tied embeddings).
-        llm_int8_skip_modules=list(HEAD_NAMES) if cfg.task == "classification" else None,
-    )
-    return {"quantization_config": bnb, "device_map": {"": str(device)}}
 
 
 def _load(cfg: ModelConfig, num_labels: int | None) -> PreTrainedModel:
