@@ -27,7 +27,8 @@ def make_server_app(cfg: RunConfig | None = None, out_dir: Path | None = None) -
     def main(grid: Grid, context: Context) -> None:
         setup_logging()
         run_cfg = cfg if cfg is not None else config_from_run_config(context.run_config)
-        target = out_dir or Path(run_cfg.resume or run_cfg.output_dir or f"outputs/flwr-{time.strftime('%Y%m%d-%H%M%S')}")
+        default_dir = f"outputs/flwr-{time.strftime('%Y%m%d-%H%M%S')}"
+        target = out_dir or Path(run_cfg.resume or run_cfg.output_dir or default_dir)
         run_server(grid, run_cfg, target)
 
     return app

@@ -13,6 +13,7 @@ aggregation. The figure printed is what federation costs on top of the training 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -26,10 +27,8 @@ import psutil
 def _tree_rss(proc: psutil.Process) -> int:
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
-        except psutil.Error:
-            pass
     return total
 
 
@@ -84,7 +83,8 @@ def run_plain(overrides: list[str], fed_dir: Path) -> None:
         base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     model = get_peft_model(base, LoraConfig(
         task_type=TaskType.SEQ_CLS if classification else TaskType.CAUSAL_LM, r=cfg.lora.r,
-        lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, target_modules=list(cfg.lora.target_modules)))
+        lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules)))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
     collate = make_collator(tok, cfg.model.task)
     model.train()
@@ -92,7 +92,8 @@ def run_plain(overrides: list[str], fed_dir: Path) -> None:
     for row in rows:
         data = load_client_data(cfg.data, cfg.model.task, row["partition_id"], cfg.federation.num_clients)
         train = tokenize_dataset(data.train, tok, cfg.model.task, cfg.model.max_length)
-        loader = torch.utils.data.DataLoader(train, batch_size=cfg.train.batch_size, shuffle=True, collate_fn=collate)
+        loader = torch.utils.data.DataLoader(train, batch_size=cfg.train.batch_size, shuffle=True,
+                                             collate_fn=collate)
         it = iter(loader)
         for _ in range(int(row["train_steps"])):
             try:
@@ -122,7 +123,8 @@ def main(argv: list[str]) -> None:
     plain_s, plain_rss, code = measure([*py, "--plain", str(fed_dir), *argv])
     if code:
         raise SystemExit(f"plain run failed with exit code {code}")
-    steps = sum(json.loads(line)["train_steps"] for line in (fed_dir / "clients.jsonl").read_text().splitlines())
+    client_lines = (fed_dir / "clients.jsonl").read_text().splitlines()
+    steps = sum(json.loads(line)["train_steps"] for line in client_lines)
     result = {
         "overrides": argv, "local_steps_total": steps,
         "federated_s": round(fed_s, 1), "plain_s": round(plain_s, 1), "time_ratio": round(fed_s / plain_s, 2),
@@ -131,8 +133,10 @@ def main(argv: list[str]) -> None:
     }
     (out / "overhead.json").write_text(json.dumps(result, indent=2))
     print("\n| side | wall s | peak RSS GB (process tree) |\n|---|---|---|")
-    print(f"| federated ({steps} local steps) | {result['federated_s']} | {result['federated_peak_rss_gb']} |")
-    print(f"| plain PEFT loop (same steps, same data) | {result['plain_s']} | {result['plain_peak_rss_gb']} |")
+    print(f"| federated ({steps} local steps) | {result['federated_s']} "
+          f"| {result['federated_peak_rss_gb']} |")
+    print(f"| plain PEFT loop (same steps, same data) | {result['plain_s']} "
+          f"| {result['plain_peak_rss_gb']} |")
     print(f"| ratio | {result['time_ratio']}x | {result['memory_ratio']}x |")
     print(f"\nwritten to {out / 'overhead.json'}")
 

@@ -63,5 +63,7 @@ def simulate(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         backend_config=backend_config,
     )
     if not summary_path.exists():
-        raise RuntimeError(f"the simulation ended without a summary in {out_dir}; see the log above for the error")
+        raise RuntimeError(
+            f"the simulation ended without a summary in {out_dir}; see the log above for the error"
+        )
     return json.loads(summary_path.read_text())

@@ -41,9 +41,11 @@ def main(dcfg: DictConfig) -> None:
     for key in ("eval_accuracy", "eval_macro_f1", "eval_loss", "eval_perplexity"):
         if key in final:
             print(f"  final {key[5:]}: {final[key]:.4f}")
-    print(f"  bytes sent: {summary['bytes_total'] / 1e6:.2f} MB (down + up); rejected replies: {summary['rejected_replies']}")
+    print(f"  bytes sent: {summary['bytes_total'] / 1e6:.2f} MB (down + up); "
+          f"rejected replies: {summary['rejected_replies']}")
     if "adapter_dir" in summary:
-        print(f"  adapter: {summary['adapter_dir']}  (reload check: {'ok' if check.get('matches') else check or 'skipped'})")
+        reload_check = "ok" if check.get("matches") else check or "skipped"
+        print(f"  adapter: {summary['adapter_dir']}  (reload check: {reload_check})")
     print(f"  metrics: {out_dir / 'metrics.csv'}  plot: {summary.get('plot', '-')}")
 
 

@@ -62,7 +62,9 @@ def cross_checks(cfg: RunConfig) -> list[str]:
     out = []
     agg = AGGREGATORS.get(cfg.strategy.name)
     if agg is None:
-        out.append(f"strategy.name: unknown strategy {cfg.strategy.name!r}; registered: {sorted(AGGREGATORS)}")
+        out.append(
+            f"strategy.name: unknown strategy {cfg.strategy.name!r}; registered: {sorted(AGGREGATORS)}"
+        )
     elif len(set(cfg.lora.ranks)) > 1 and not agg.accepts_mixed_ranks:
         mixed = sorted(n for n, a in AGGREGATORS.items() if a.accepts_mixed_ranks)
         out.append(

@@ -36,7 +36,8 @@ MANIFEST = "fedlora.json"
 
 
 def save_adapter(
-    cfg: RunConfig, adapter: GlobalAdapter, labels: list[str] | None, out_dir: Path, provenance: dict[str, Any]
+    cfg: RunConfig, adapter: GlobalAdapter, labels: list[str] | None, out_dir: Path,
+    provenance: dict[str, Any],
 ) -> Path:
     """Write ``adapter`` as a PEFT adapter directory; return its path.
 

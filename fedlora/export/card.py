@@ -9,11 +9,20 @@ from fedlora.config.schema import RunConfig
 
 def model_card(cfg: RunConfig, manifest: dict[str, Any]) -> str:
     """Markdown with how to load the adapter and where it came from."""
-    task_cls = "AutoModelForSequenceClassification" if cfg.model.task == "classification" else "AutoModelForCausalLM"
+    classification = cfg.model.task == "classification"
+    task_cls = "AutoModelForSequenceClassification" if classification else "AutoModelForCausalLM"
     labels = manifest.get("labels")
     extra = f", num_labels={len(labels)}" if labels else ""
     final = manifest.get("final_metrics") or {}
     metrics = "\n".join(f"| {k} | {v:.4f} |" for k, v in final.items() if isinstance(v, float)) or "| - | - |"
+    base = (f"`{cfg.model.source}` ({cfg.model.task}, {cfg.model.dtype}, "
+            f"quantization {cfg.model.quantization})")
+    targets = ", ".join(cfg.lora.target_modules)
+    data = f"`{cfg.data.source}` split `{cfg.data.partitioner}` (field `{cfg.data.partition_field}`)"
+    clients = f"{manifest.get('num_clients')} / {manifest.get('rounds')}"
+    fraction = f"fraction {cfg.federation.fraction_train} per round"
+    local = f"{cfg.train.local_steps} steps x batch {cfg.train.batch_size}"
+    lr = f"lr {cfg.train.lr} ({cfg.train.lr_schedule})"
     return f"""---
 library_name: peft
 tags: [lora, federated-learning, flower, fedlora]
@@ -37,13 +46,13 @@ or `fedlora.export.load_exported("<this directory>")`, which also restores the l
 
 | field | value |
 |---|---|
-| base model | `{cfg.model.source}` ({cfg.model.task}, {cfg.model.dtype}, quantization {cfg.model.quantization}) |
-| adapter | rank {manifest.get("rank")}, alpha {manifest.get("alpha")}, targets {", ".join(cfg.lora.target_modules)} |
-| data | `{cfg.data.source}` split `{cfg.data.partitioner}` (field `{cfg.data.partition_field}`), seed {cfg.data.seed} |
+| base model | {base} |
+| adapter | rank {manifest.get("rank")}, alpha {manifest.get("alpha")}, targets {targets} |
+| data | {data}, seed {cfg.data.seed} |
 | labels | {labels} |
 | strategy | `{cfg.strategy.name}` |
-| clients / rounds | {manifest.get("num_clients")} / {manifest.get("rounds")} (fraction {cfg.federation.fraction_train} per round) |
-| local training | {cfg.train.local_steps} steps x batch {cfg.train.batch_size}, lr {cfg.train.lr} ({cfg.train.lr_schedule}) |
+| clients / rounds | {clients} ({fraction}) |
+| local training | {local}, {lr} |
 | run directory | `{manifest.get("run_dir")}` |
 | adapter checksum | `{manifest.get("state_checksum")}` |
 

@@ -15,7 +15,9 @@ from fedlora.lora.factored import truncate
 from fedlora.lora.keys import a_key, b_key, extra_keys
 
 
-def compress_adapter(adapter: GlobalAdapter, rank: int = 0, energy: float = 0.0) -> tuple[GlobalAdapter, float]:
+def compress_adapter(
+    adapter: GlobalAdapter, rank: int = 0, energy: float = 0.0
+) -> tuple[GlobalAdapter, float]:
     """``adapter`` truncated per module to ``rank`` and/or ``energy``; returns it and the minimum kept energy.
 
     With neither budget set the adapter is returned unchanged (kept energy 1.0).

@@ -97,7 +97,9 @@ def lora_config(spec: AdapterSpec, task: str, target_modules: list[str]) -> peft
     )
 
 
-def add_adapter(model: peft.PeftModel, spec: AdapterSpec, config: peft.LoraConfig, name: str | None = None) -> str:
+def add_adapter(
+    model: peft.PeftModel, spec: AdapterSpec, config: peft.LoraConfig, name: str | None = None
+) -> str:
     """Add ``spec`` as a new adapter (LoRA A drawn under ``init_seed``); return its name."""
     name = name or spec.name
     if name.startswith(_PATTERNED):

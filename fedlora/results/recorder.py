@@ -60,7 +60,8 @@ class RunRecorder:
         self.clients.append(row)
 
     def add_rejected(self, row: dict[str, Any]) -> None:
-        log.warning("round %s: rejected reply from node %s: %s", row.get("round"), row.get("node_id"), row["reason"])
+        log.warning("round %s: rejected reply from node %s: %s",
+                    row.get("round"), row.get("node_id"), row["reason"])
         self.rejected.append(row)
 
     def end_round(self, server_round: int, eval_metrics: dict[str, float] | None) -> dict[str, Any]:
@@ -106,7 +107,9 @@ class RunRecorder:
         rows = self.rows if rows is None else rows
         skip = {"eval_perplexity"} if self.task == "classification" else {"eval_accuracy", "eval_macro_f1"}
         cols = [c for c in _TABLE if c[0] not in skip]
-        header = " ".join(f"{h:>{len(fmt.format(0) if 'e' not in fmt else '0.00e+00')}}" for _, h, fmt in cols)
+        header = " ".join(
+            f"{h:>{len(fmt.format(0) if 'e' not in fmt else '0.00e+00')}}" for _, h, fmt in cols
+        )
         lines = [header]
         for r in rows:
             lines.append(" ".join(_cell(r, key, fmt) for key, _, fmt in cols))

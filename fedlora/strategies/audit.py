@@ -67,4 +67,5 @@ class Auditor:
             meta = {"client_id": update.spec.client_id, "rank": update.spec.rank, "alpha": update.spec.alpha,
                     "scaling": update.spec.scaling, "weight": p, "num_examples": update.num_examples}
             _save(state, self._dir / f"client-{update.spec.client_id}.safetensors", meta)
-        _save(folded_tensors(aggregator), self._dir / "global-after.safetensors", {"strategy": aggregator.name})
+        _save(folded_tensors(aggregator), self._dir / "global-after.safetensors",
+              {"strategy": aggregator.name})

@@ -102,7 +102,8 @@ class LoraStrategy(FedAvg):
     def sample(self, grid: Grid, server_round: int, fraction: float, minimum: int) -> list[NodeInfo]:
         """Seeded sample over connected nodes ordered by partition id (reproducible runs)."""
         connected = set(grid.get_node_ids())
-        pool = sorted((n for n in self.nodes.values() if n.node_id in connected), key=lambda n: n.partition_id)
+        pool = sorted((n for n in self.nodes.values() if n.node_id in connected),
+                      key=lambda n: n.partition_id)
         k = min(len(pool), max(math.ceil(fraction * len(pool)), minimum))
         rng = random.Random(f"{self.cfg.federation.seed}-{server_round}")
         return sorted(rng.sample(pool, k), key=lambda n: n.partition_id)
@@ -161,12 +162,15 @@ class LoraStrategy(FedAvg):
             node_id = msg.metadata.src_node_id
             sent = self._sent.get(node_id)
             if sent is None:
-                self.recorder.add_rejected({"round": rnd, "node_id": node_id, "reason": "reply from a node not sampled"})
+                self.recorder.add_rejected(
+                    {"round": rnd, "node_id": node_id, "reason": "reply from a node not sampled"}
+                )
                 continue
             answered.add(node_id)
             try:
                 state, metrics, nbytes = validate_reply(
-                    msg, expected_shapes=sent.shapes, wire_dtype=self.cfg.federation.wire_dtype, max_bytes=max_bytes
+                    msg, expected_shapes=sent.shapes, wire_dtype=self.cfg.federation.wire_dtype,
+                    max_bytes=max_bytes,
                 )
             except BadReply as err:
                 self.recorder.add_rejected(
@@ -225,7 +229,8 @@ class LoraStrategy(FedAvg):
         good = [m for m in replies if not m.has_error() and P.METRICS in m.content.metric_records]
         for m in replies:
             if m.has_error():
-                log.warning("evaluation reply from node %s failed: %s", m.metadata.src_node_id, m.error.reason)
+                log.warning("evaluation reply from node %s failed: %s",
+                            m.metadata.src_node_id, m.error.reason)
         if not good:
             return None
         weights = [int(m.content.metric_records[P.METRICS][P.NUM_EXAMPLES]) for m in good]

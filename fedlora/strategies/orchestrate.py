@@ -36,12 +36,16 @@ from fedlora.training.central import CentralEvaluator
 log = logging.getLogger(__name__)
 
 
-def discover_nodes(grid: Grid, cfg: RunConfig, shared: dict[str, Any], wait_s: float = 600.0) -> dict[int, NodeInfo]:
+def discover_nodes(
+    grid: Grid, cfg: RunConfig, shared: dict[str, Any], wait_s: float = 600.0
+) -> dict[int, NodeInfo]:
     """Wait for ``federation.num_clients`` nodes and ask each for its partition and rank."""
     want, deadline = cfg.federation.num_clients, time.monotonic() + wait_s
     while len(list(grid.get_node_ids())) < want:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"only {len(list(grid.get_node_ids()))} of federation.num_clients={want} nodes connected")
+            raise TimeoutError(
+                f"only {len(list(grid.get_node_ids()))} of federation.num_clients={want} nodes connected"
+            )
         time.sleep(0.5)
     messages = [
         Message(RecordDict({P.CONFIG: ConfigRecord(shared)}), dst_node_id=nid, message_type=MessageType.QUERY)
@@ -54,7 +58,8 @@ def discover_nodes(grid: Grid, cfg: RunConfig, shared: dict[str, Any], wait_s: f
             continue
         caps = reply.content.config_records[P.CAPS]
         nodes[reply.metadata.src_node_id] = NodeInfo(
-            node_id=reply.metadata.src_node_id, partition_id=int(caps[P.PARTITION_ID]), rank=int(caps[P.RANK]),
+            node_id=reply.metadata.src_node_id, partition_id=int(caps[P.PARTITION_ID]),
+            rank=int(caps[P.RANK]),
             device=str(caps[P.DEVICE]), num_train_examples=int(caps[P.NUM_TRAIN_EXAMPLES]),
         )
     pids = sorted(n.partition_id for n in nodes.values())
@@ -85,7 +90,9 @@ def run_server(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     )
     global_rank = max(n.rank for n in nodes.values())
     shapes = evaluator.adapter_shapes(global_rank)
-    aggregator.init_state(GlobalAdapter(initial_state(shapes, cfg.lora.init_seed), global_rank, cfg.lora.alpha))
+    aggregator.init_state(
+        GlobalAdapter(initial_state(shapes, cfg.lora.init_seed), global_rank, cfg.lora.alpha)
+    )
     done = _resume(cfg, aggregator, recorder) if cfg.resume else 0
 
     strategy = LoraStrategy(cfg=cfg, aggregator=aggregator, nodes=nodes, recorder=recorder,
@@ -123,7 +130,9 @@ def _resume(cfg: RunConfig, aggregator: Any, recorder: RunRecorder) -> int:
     ckpt = Path(cfg.resume) / "checkpoint"
     meta = json.loads((ckpt / "state.json").read_text())
     if meta["strategy"] != aggregator.name:
-        raise ValueError(f"resume: checkpoint is from strategy {meta['strategy']!r}, config says {aggregator.name!r}")
+        raise ValueError(
+            f"resume: checkpoint is from strategy {meta['strategy']!r}, config says {aggregator.name!r}"
+        )
     aggregator.load_state_dict(load_file(str(ckpt / "global.safetensors")))
     recorder.load(meta["round"])
     log.info("resuming %s after round %d of %d", cfg.resume, meta["round"], cfg.federation.num_rounds)
@@ -134,7 +143,8 @@ def _finish(cfg: RunConfig, out_dir: Path, aggregator: Any, evaluator: CentralEv
             recorder: RunRecorder, nodes: dict[int, NodeInfo], seconds: float) -> dict[str, Any]:
     final = dict(recorder.rows[-1]) if recorder.rows else {}
     summary: dict[str, Any] = {
-        "run_dir": str(out_dir), "strategy": cfg.strategy.name, "model": cfg.model.name, "data": cfg.data.name,
+        "run_dir": str(out_dir), "strategy": cfg.strategy.name, "model": cfg.model.name,
+        "data": cfg.data.name,
         "rounds": cfg.federation.num_rounds, "num_clients": len(nodes), "seconds": round(seconds, 2),
         "final": final, "bytes_total": final.get("bytes_down_total", 0) + final.get("bytes_up_total", 0),
         "rejected_replies": len(recorder.rejected),

@@ -56,6 +56,7 @@ class CentralEvaluator:
 
     def evaluate_model(self, model: torch.nn.Module) -> dict[str, float]:
         metrics = evaluate(
-            model, self.dataset, self.collate, task=self.cfg.model.task, batch_size=self.cfg.train.eval_batch_size
+            model, self.dataset, self.collate, task=self.cfg.model.task,
+            batch_size=self.cfg.train.eval_batch_size,
         )
         return {k: float(v) for k, v in metrics.items() if k not in ("num_examples", "num_tokens")}

@@ -52,7 +52,9 @@ def config_from_yaml(text: str) -> RunConfig:
 def node_facts(cfg: RunConfig, node_config: Mapping[str, Any]) -> NodeFacts:
     """Combine the run config with this node's own config (node config wins)."""
     if "partition-id" not in node_config:
-        raise ValueError("node config: 'partition-id' is required (flower-supernode --node-config 'partition-id=0 ...')")
+        raise ValueError(
+            "node config: 'partition-id' is required (flower-supernode --node-config 'partition-id=0 ...')"
+        )
     pid = int(node_config["partition-id"])
     num = int(node_config.get("num-partitions", cfg.federation.num_clients))
     return NodeFacts(
@@ -76,7 +78,9 @@ def local_config(cfg: RunConfig, facts: NodeFacts) -> RunConfig:
 
 def describe(cfg: RunConfig, facts: NodeFacts) -> dict[str, Any]:
     """Capabilities reported in the query round."""
-    data = load_client_data(local_config(cfg, facts).data, cfg.model.task, facts.partition_id, facts.num_partitions)
+    data = load_client_data(
+        local_config(cfg, facts).data, cfg.model.task, facts.partition_id, facts.num_partitions
+    )
     return {
         "partition-id": facts.partition_id,
         "rank": facts.rank,
@@ -198,4 +202,5 @@ def evaluate_round(
     if heldout is None:
         raise ValueError("data.heldout_fraction is 0: this client has no held-out split to evaluate on")
     metrics = evaluate(model, heldout, collate, task=cfg.model.task, batch_size=cfg.train.eval_batch_size)
-    return {"num-examples": len(heldout), **{f"eval-{k}": v for k, v in metrics.items() if k != "num_examples"}}
+    return {"num-examples": len(heldout),
+            **{f"eval-{k}": v for k, v in metrics.items() if k != "num_examples"}}

@@ -40,27 +40,30 @@ def test_invalid_config_reports_all_problems_at_once():
                  "strategy.name=nope", "data.partitioner=random"])
     problems = info.value.problems
     assert len(problems) == 6
-    for field in ("train.lr", "lora.r", "federation.fraction_train", "model.bogus", "strategy.name", "data.partitioner"):
+    for field in ("train.lr", "lora.r", "federation.fraction_train", "model.bogus", "strategy.name",
+                  "data.partitioner"):
         assert any(p.startswith(field) for p in problems), field
 
 
 def test_fedit_with_mixed_ranks_is_refused_naming_alternatives():
-    with pytest.raises(ConfigError, match="lora.ranks: .* does not support"):
+    with pytest.raises(ConfigError, match=r"lora\.ranks: .* does not support"):
         compose(["lora.ranks=[4,8,16]"])
 
 
 def test_task_mismatch_is_reported():
-    with pytest.raises(ConfigError, match="data.source: 'foldoc' provides causal_lm"):
+    with pytest.raises(ConfigError, match=r"data\.source: 'foldoc' provides causal_lm"):
         compose(["data=foldoc"])
 
 
 def test_resume_needs_a_checkpoint(tmp_path: Path):
-    with pytest.raises(ConfigError, match="resume: .* no checkpoint/"):
+    with pytest.raises(ConfigError, match=r"resume: .* no checkpoint/"):
         compose([f"resume={tmp_path}"])
 
 
 def test_run_config_bridge_uses_the_same_composition():
-    cfg = config_from_run_config({"hydra-overrides": "preset=smoke federation.num_rounds=4 'lora.target_modules=[query,value]'"})
+    cfg = config_from_run_config(
+        {"hydra-overrides": "preset=smoke federation.num_rounds=4 'lora.target_modules=[query,value]'"}
+    )
     assert cfg.federation.num_rounds == 4
     assert cfg.model.source == "tiny:bert"
     assert cfg.lora.target_modules == ["query", "value"]

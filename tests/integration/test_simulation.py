@@ -26,7 +26,8 @@ def smoke_run(tmp_path_factory):
     from simulations.engine import simulate
 
     out = tmp_path_factory.mktemp("smoke")
-    cfg = compose(["preset=smoke", f"output_dir={out}", "federation.num_clients=3", "federation.fraction_train=1.0"])
+    cfg = compose(["preset=smoke", f"output_dir={out}", "federation.num_clients=3",
+                   "federation.fraction_train=1.0"])
     summary = simulate(cfg, out)
     return cfg, out, summary
 
@@ -62,8 +63,10 @@ def test_exported_adapter_reloads_and_reproduces_server_metrics(smoke_run):
     assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
     assert not list(adapter.glob("*.bin")) and not (adapter / "model.safetensors").exists()
     model, tok, manifest = load_exported(adapter)
-    test = tokenize_dataset(load_central_test(cfg.data, "classification", 3), tok, "classification", cfg.model.max_length)
-    metrics = evaluate(model, test, make_collator(tok, "classification"), task="classification", batch_size=32)
+    test = tokenize_dataset(load_central_test(cfg.data, "classification", 3), tok, "classification",
+                            cfg.model.max_length)
+    metrics = evaluate(model, test, make_collator(tok, "classification"), task="classification",
+                       batch_size=32)
     final = _rows(out / "metrics.jsonl")[-1]
     assert metrics["accuracy"] == final["eval_accuracy"]
     assert metrics["loss"] == pytest.approx(final["eval_loss"], rel=1e-6)
@@ -76,8 +79,8 @@ def test_resume_continues_without_rerunning_finished_rounds(smoke_run):
 
     _, out, _ = smoke_run
     before = _rows(out / "clients.jsonl")
-    cfg = compose(["preset=smoke", f"output_dir={out}", "federation.num_clients=3", "federation.fraction_train=1.0",
-                   "federation.num_rounds=3", f"resume={out}"])
+    cfg = compose(["preset=smoke", f"output_dir={out}", "federation.num_clients=3",
+                   "federation.fraction_train=1.0", "federation.num_rounds=3", f"resume={out}"])
     simulate(cfg, out)
     rows = _rows(out / "metrics.jsonl")
     assert [r["round"] for r in rows] == [0, 1, 2, 3]

@@ -18,7 +18,8 @@ def _shapes(model):
 
 
 def _inputs():
-    return {"input_ids": torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]]), "attention_mask": torch.ones(2, 4, dtype=torch.long)}
+    return {"input_ids": torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]]),
+            "attention_mask": torch.ones(2, 4, dtype=torch.long)}
 
 
 def test_ranks_share_one_base_model():
@@ -37,7 +38,8 @@ def test_rank_pattern_adapter_has_per_module_ranks():
     lora = LoraConfig(r=4, target_modules=TARGETS)
     model = build_lora_model(BERT, lora, rank=4, num_labels=3)
     module = next(m for m in lora_modules(get_lora_state(model)) if m.endswith("query"))
-    model = build_lora_model(BERT, lora, rank=4, num_labels=3, rank_pattern={module: 6}, alpha_pattern={module: 6.0})
+    model = build_lora_model(BERT, lora, rank=4, num_labels=3, rank_pattern={module: 6},
+                             alpha_pattern={module: 6.0})
     ranks = {m: p.rank for m, p in lora_modules(get_lora_state(model)).items()}
     assert ranks[module] == 6 and sorted(set(ranks.values())) == [4, 6]
     assert base_model_loads() == 1

@@ -35,12 +35,13 @@ class FakeGrid:
 
 
 def _strategy(tmp_path, fraction=1.0, min_clients=2):
-    cfg = compose(["preset=smoke", f"federation.num_clients=4", f"federation.fraction_train={fraction}",
+    cfg = compose(["preset=smoke", "federation.num_clients=4", f"federation.fraction_train={fraction}",
                    f"federation.min_train_clients={min_clients}"])
     agg = get_aggregator("fedit")(alpha=8.0)
     agg.init_state(GlobalAdapter(random_state(SHAPES, 0, torch.float32), 4, 8.0))
     nodes = {100 + i: NodeInfo(100 + i, i, 4, "cpu", 50) for i in range(4)}
-    return LoraStrategy(cfg=cfg, aggregator=agg, nodes=nodes, recorder=RunRecorder(tmp_path, "classification"),
+    recorder = RunRecorder(tmp_path, "classification")
+    return LoraStrategy(cfg=cfg, aggregator=agg, nodes=nodes, recorder=recorder,
                         shared_config={"cfg-yaml": b"x", "wire-dtype": "float32"}), agg
 
 
@@ -51,7 +52,8 @@ def _reply(node_id, state=None, n=10, loss=0.5, error=None):
     if error:
         msg.error.reason = error
         return msg
-    msg.content = RecordDict({"arrays": to_arrayrecord(state), "metrics": MetricRecord({"num-examples": n, "train-loss": loss})})
+    msg.content = RecordDict({"arrays": to_arrayrecord(state),
+                              "metrics": MetricRecord({"num-examples": n, "train-loss": loss})})
     return msg
 
 
@@ -63,7 +65,8 @@ def test_configure_train_sends_global_state_and_config_to_each_sampled_node(tmp_
     assert all(torch.equal(sent[k], agg.global_adapter().state[k]) for k in SHAPES)
     config = msgs[0].content.config_records["config"]
     assert config["server-round"] == 1 and config["rank"] == 4 and config["lr"] == pytest.approx(5e-3)
-    assert strategy.recorder._pending["bytes_down"] == sum(record_nbytes(m.content.array_records["arrays"]) for m in msgs)
+    sent_bytes = sum(record_nbytes(m.content.array_records["arrays"]) for m in msgs)
+    assert strategy.recorder._pending["bytes_down"] == sent_bytes
 
 
 def test_partial_participation_is_seeded_and_respects_minimum(tmp_path):
@@ -83,7 +86,7 @@ def test_bad_replies_are_rejected_with_reasons_and_round_goes_on(tmp_path):
     wrong_rank = random_state({**SHAPES, "m.q.lora_A.weight": (8, 6)}, 4, torch.float32)
     replies = [_reply(100, good1, n=10), _reply(101, good2, n=30), _reply(102, nan),
                _reply(103, wrong_rank), _reply(999, good1)]
-    arrays, metrics = strategy.aggregate_train(1, replies)
+    _, metrics = strategy.aggregate_train(1, replies)
     reasons = {r["node_id"]: r["reason"] for r in strategy.recorder.rejected}
     assert "non-finite" in reasons[102]
     assert "m.q.lora_A.weight: got (8, 6), expected (4, 6)" in reasons[103]
