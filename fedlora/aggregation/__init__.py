@@ -3,7 +3,7 @@
 Importing this package registers every strategy; :func:`get_aggregator` looks one up.
 """
 
-from fedlora.aggregation import fedit  # noqa: F401  (registers "fedit")
+from fedlora.aggregation import fedit, ffa, flexlora, flora, hetlora  # noqa: F401  (register the strategies)
 from fedlora.aggregation.base import Aggregator, ClientSpec, ClientUpdate, GlobalAdapter
 from fedlora.aggregation.registry import AGGREGATORS, get_aggregator, register
 

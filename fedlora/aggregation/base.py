@@ -69,9 +69,8 @@ class GlobalAdapter:
 
     def factors(self) -> dict[str, Factors]:
         """The update of every LoRA module as factors with the scaling folded into B."""
-        return {
-            m: Factors(B=self.module_scaling(m) * pair.B, A=pair.A) for m, pair in lora_modules(self.state).items()
-        }
+        pairs = lora_modules(self.state)
+        return {m: Factors(B=self.module_scaling(m) * pair.B, A=pair.A) for m, pair in pairs.items()}
 
 
 class Aggregator(ABC):

@@ -32,4 +32,5 @@ def get_aggregator(name: str) -> type[Aggregator]:
     try:
         return AGGREGATORS[name]
     except KeyError:
-        raise KeyError(f"strategy.name: unknown strategy {name!r}; registered: {sorted(AGGREGATORS)}") from None
+        known = sorted(AGGREGATORS)
+        raise KeyError(f"strategy.name: unknown strategy {name!r}; registered: {known}") from None

@@ -9,6 +9,7 @@ trainable head with BERT-style N(0, 0.02) weights and zero biases.
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -32,3 +33,24 @@ def initial_state(shapes: dict[str, tuple[int, ...]], seed: int) -> LoraState:
         else:
             state[key] = torch.randn(shape, generator=gen) * 0.02
     return state
+
+
+HASH_BITS = 53
+"""Hashes fit in 53 bits: a Flower MetricRecord may carry them as float64 without rounding."""
+
+
+def state_hash(state: LoraState) -> int:
+    """A deterministic fingerprint of ``state``: keys, shapes and float32 values, in sorted key order.
+
+    Used to check that every client regenerated the same frozen tensors (FFA-LoRA's shared A)
+    without shipping them. Values are hashed as float32 bytes (native byte order: little-endian
+    on every platform torch ships for) whatever their dtype or device, so a float64 server copy
+    and a float32 client copy of the same draw agree. The SHA-256 digest is cut to
+    :data:`HASH_BITS` bits (a non-negative int < 2**53).
+    """
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().to(device="cpu", dtype=torch.float32).contiguous().clone()
+        h.update(f"{key}|{tuple(t.shape)}|".encode())
+        h.update(bytes(t.untyped_storage()))
+    return int.from_bytes(h.digest()[:8], "little") & ((1 << HASH_BITS) - 1)

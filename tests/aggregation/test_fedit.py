@@ -14,7 +14,8 @@ SHAPES = {
 
 
 def _updates(counts):
-    return [ClientUpdate(ClientSpec(str(i), 4, 8.0), random_state(SHAPES, 10 + i), n) for i, n in enumerate(counts)]
+    return [ClientUpdate(ClientSpec(str(i), 4, 8.0), random_state(SHAPES, 10 + i), n)
+            for i, n in enumerate(counts)]
 
 
 def _fedit():
@@ -41,9 +42,10 @@ def test_fedit_reported_gap_equals_independent_dense_gap():
     num = den = 0.0
     worst = 0.0
     for m in ("m.lin", "m.conv"):
-        oracle = sum(pk * s * u.state[f"{m}.lora_B.weight"] @ u.state[f"{m}.lora_A.weight"] for pk, u in zip(p, updates))
-        mean_b = sum(pk * u.state[f"{m}.lora_B.weight"] for pk, u in zip(p, updates))
-        mean_a = sum(pk * u.state[f"{m}.lora_A.weight"] for pk, u in zip(p, updates))
+        oracle = sum(pk * s * u.state[f"{m}.lora_B.weight"] @ u.state[f"{m}.lora_A.weight"]
+                     for pk, u in zip(p, updates, strict=True))
+        mean_b = sum(pk * u.state[f"{m}.lora_B.weight"] for pk, u in zip(p, updates, strict=True))
+        mean_a = sum(pk * u.state[f"{m}.lora_A.weight"] for pk, u in zip(p, updates, strict=True))
         d = (s * mean_b @ mean_a - oracle).norm().item()
         num += d**2
         den += oracle.norm().item() ** 2

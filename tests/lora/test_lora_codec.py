@@ -9,7 +9,8 @@ from fedlora.lora.codec import from_arrayrecord, record_nbytes, to_arrayrecord
 
 def _state():
     g = torch.Generator().manual_seed(0)
-    return {"a.lora_A.weight": torch.randn(4, 16, generator=g), "a.lora_B.weight": torch.randn(8, 4, generator=g),
+    return {"a.lora_A.weight": torch.randn(4, 16, generator=g),
+            "a.lora_B.weight": torch.randn(8, 4, generator=g),
             "head.bias": torch.randn(3, generator=g)}
 
 

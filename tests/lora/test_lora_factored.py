@@ -13,7 +13,7 @@ def _f(out, inn, r, seed):
 
 def test_stack_equals_weighted_dense_sum():
     parts, w = [_f(20, 30, r, s) for s, r in enumerate([2, 5, 3])], [0.2, 0.5, 0.3]
-    dense = sum(wi * p.dense() for wi, p in zip(w, parts))
+    dense = sum(wi * p.dense() for wi, p in zip(w, parts, strict=True))
     torch.testing.assert_close(stack(parts, w).dense(), dense)
 
 

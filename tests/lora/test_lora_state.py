@@ -18,7 +18,8 @@ def test_keys_are_peft_adapter_name_free(tiny_peft_model):
 
 def test_conv1d_orientation_matches_peft_delta_weight(tiny_peft_model):
     # Prepare: non-zero B so the delta is non-trivial
-    state = random_state({k: tuple(v.shape) for k, v in get_lora_state(tiny_peft_model).items()}, 1, torch.float32)
+    shapes = {k: tuple(v.shape) for k, v in get_lora_state(tiny_peft_model).items()}
+    state = random_state(shapes, 1, torch.float32)
     set_lora_state(tiny_peft_model, state)
     pairs = lora_modules(state)
     conv = tiny_peft_model.base_model.model.conv
@@ -50,7 +51,7 @@ def test_unknown_key_is_rejected_with_its_name(tiny_peft_model):
 def test_missing_key_is_rejected_with_its_name(tiny_peft_model):
     state = get_lora_state(tiny_peft_model)
     del state["base_model.model.conv.lora_B.weight"]
-    with pytest.raises(LoraStateError, match="missing keys.*conv.lora_B.weight"):
+    with pytest.raises(LoraStateError, match=r"missing keys.*conv\.lora_B\.weight"):
         set_lora_state(tiny_peft_model, state)
 
 

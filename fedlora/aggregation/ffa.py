@@ -1,0 +1,162 @@
+"""FFA-LoRA: A frozen and shared by every client, only B trained and averaged (Sun et al.,
+"Improving LoRA in Privacy-preserving Federated Learning", arXiv:2403.12313).
+
+Why it is exact: every client multiplies its B by the *same* A, so the oracle
+``sum_k p_k s_k B_k A_k`` factors as ``(sum_k p_k s_k B_k) A`` and averaging B alone loses nothing.
+
+Mixed ranks: the shared A is the ``r_max x in`` draw of the initial adapter (``lora.init_seed``),
+and a rank-r_k client uses its first r_k rows (it regenerates the r_max draw and slices it, so
+nothing about A travels). Then ``s_k B_k A[:r_k] = s_k pad(B_k) A`` with B zero-padded to r_max
+columns, and the global ``B_g = sum_k p_k s_k pad(B_k)`` (scaling folded in) is still exact.
+
+Round trip: a client receives ``B_g[:, :r_k] / s_k``, so its starting update ``s_k B A[:r_k]`` is
+the global update restricted to its r_k leading slots; what the other slots carry is reported by
+:meth:`FFALoRA.payload_metrics`. Payloads and replies hold B (and any trainable head) only, which
+halves the upload of FedIT for square modules. :meth:`FFALoRA.a_hash` gives the fingerprint a
+client's regenerated A must match. Partial participation: ``B_g`` is this round's weighted mean,
+so slots no participant holds become zero (exactly what the oracle of that round says).
+``norm_weighted``, ``rank_cap`` and ``energy`` do not apply and are ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from fedlora.aggregation.base import (
+    Aggregator,
+    ClientSpec,
+    ClientUpdate,
+    GlobalAdapter,
+    client_weights,
+    gap_to_oracle,
+    mean_extras,
+)
+from fedlora.aggregation.registry import register
+from fedlora.lora.factored import Factors, frobenius_norm, tail_norm
+from fedlora.lora.init import state_hash
+from fedlora.lora.keys import LoraState, a_key, b_key, extra_keys, lora_modules, uniform_rank
+
+
+@register
+class FFALoRA(Aggregator):
+    """Average B against a frozen, seed-generated A shared by every client."""
+
+    name = "ffa"
+    exact = True
+    accepts_mixed_ranks = True
+    freeze_a = True
+
+    def init_state(self, initial: GlobalAdapter) -> None:
+        self._rank = uniform_rank(initial.state)
+        pairs = lora_modules(initial.state)
+        self._A = {m: p.A.clone() for m, p in pairs.items()}
+        self._B = {m: initial.module_scaling(m) * p.B for m, p in pairs.items()}  # folded: update = B A
+        self._extras = {k: initial.state[k].clone() for k in extra_keys(initial.state)}
+        self._reset_caches()
+
+    def _reset_caches(self) -> None:
+        self._norms: dict[str, float] | None = None
+        self._trunc: list[float] = []
+
+    def begin_round(self, server_round: int) -> None:
+        self._trunc = []
+
+    def _check_rank(self, spec: ClientSpec) -> None:
+        if not 0 < spec.rank <= self._rank:
+            raise ValueError(
+                f"ffa: client {spec.client_id} has rank {spec.rank}, but the shared A has {self._rank} "
+                "rows (the initial adapter must be built at the largest client rank)"
+            )
+
+    def a_hash(self, rank: int) -> int:
+        """``state_hash`` of the shared A's first ``rank`` rows, keyed ``<module>.lora_A.weight``.
+
+        A client at rank ``rank`` hashes the A it regenerated the same way; a mismatch means it
+        drew a different A (other seed, shapes or RNG) and its B would be averaged against the
+        wrong basis.
+        """
+        if not 0 < rank <= self._rank:
+            raise ValueError(f"ffa: a_hash rank must be in 1..{self._rank}, got {rank}")
+        return state_hash({a_key(m): A[:rank] for m, A in self._A.items()})
+
+    def shared_a(self, rank: int) -> LoraState:
+        """The frozen A factors a rank-``rank`` client trains against (copies)."""
+        return {a_key(m): A[:rank].clone() for m, A in self._A.items()}
+
+    def payload(self, spec: ClientSpec) -> LoraState:
+        self._check_rank(spec)
+        out: LoraState = {b_key(m): B[:, : spec.rank] / spec.scaling for m, B in self._B.items()}
+        out.update({k: v.clone() for k, v in self._extras.items()})
+        self._log_truncation(spec.rank)
+        return out
+
+    def _log_truncation(self, rank: int) -> None:
+        if self._norms is None:
+            self._norms = {m: frobenius_norm(Factors(B=B, A=self._A[m].to(B.dtype)))
+                           for m, B in self._B.items()}
+        for m, B in self._B.items():
+            total = self._norms[m]
+            tail = tail_norm(Factors(B=B, A=self._A[m].to(B.dtype)), rank) if total > 0 else 0.0
+            self._trunc.append(tail / total if total > 0 else 0.0)
+
+    def payload_metrics(self) -> dict[str, float]:
+        """Relative Frobenius error of each payload's start update vs the global, per module.
+
+        ``trunc-rel-error-max``/``-mean`` over (payload, module) pairs since :meth:`begin_round`:
+        0 for clients at the full rank, and for every client while the global update is zero.
+        """
+        if not self._trunc:
+            return {}
+        mean = sum(self._trunc) / len(self._trunc)
+        return {"trunc-rel-error-max": max(self._trunc), "trunc-rel-error-mean": mean}
+
+    def aggregate(self, updates: Sequence[ClientUpdate]) -> dict[str, float]:
+        p = client_weights(updates)
+        for u in updates:
+            self._check_rank(u.spec)
+        new_B: dict[str, torch.Tensor] = {}
+        with_a: list[ClientUpdate] = []  # the same updates with their (shared) A, for the oracle
+        for m in self._A:
+            parts = [pk * u.spec.scaling * F.pad(u.state[b_key(m)], (0, self._rank - u.spec.rank))
+                     for pk, u in zip(p, updates, strict=True)]
+            new_B[m] = torch.stack(parts).sum(dim=0)
+        for u in updates:
+            dtype = u.state[b_key(next(iter(self._A)))].dtype
+            shared = {a_key(m): A[: u.spec.rank].to(dtype) for m, A in self._A.items()}
+            with_a.append(ClientUpdate(u.spec, {**u.state, **shared}, u.num_examples))
+        result = {m: Factors(B=B, A=self._A[m].to(B.dtype)) for m, B in new_B.items()}
+        metrics = gap_to_oracle(with_a, p, result)
+        self._B = new_B
+        self._extras = mean_extras(updates, p)
+        self._norms = None
+        return metrics
+
+    def global_adapter(self) -> GlobalAdapter:
+        scaling = self.alpha / self._rank
+        state: LoraState = {}
+        for m, A in self._A.items():
+            state[a_key(m)] = A.clone()
+            state[b_key(m)] = self._B[m] / scaling
+        state.update({k: v.clone() for k, v in self._extras.items()})
+        return GlobalAdapter(state=state, rank=self._rank, alpha=self.alpha)
+
+    def state_dict(self) -> LoraState:
+        out = {f"shared.{a_key(m)}": A.clone() for m, A in self._A.items()}
+        out.update({f"global.{b_key(m)}": B.clone() for m, B in self._B.items()})
+        out.update({f"extra.{k}": v.clone() for k, v in self._extras.items()})
+        return out
+
+    def load_state_dict(self, state: LoraState) -> None:
+        """Restore from :meth:`state_dict`; needs no prior :meth:`init_state`."""
+        shared = {k.removeprefix("shared."): v.clone() for k, v in state.items() if k.startswith("shared.")}
+        glob = {k.removeprefix("global."): v.clone() for k, v in state.items() if k.startswith("global.")}
+        pairs = lora_modules({**shared, **glob})
+        self._rank = uniform_rank({**shared, **glob})
+        self._A = {m: p.A for m, p in pairs.items()}
+        self._B = {m: p.B for m, p in pairs.items()}
+        self._extras = {k.removeprefix("extra."): v.clone() for k, v in state.items()
+                        if k.startswith("extra.")}
+        self._reset_caches()

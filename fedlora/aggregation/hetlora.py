@@ -1,0 +1,154 @@
+"""HetLoRA: zero-pad every client's LoRA to the largest rank and average the factors (Cho et al.,
+"Heterogeneous LoRA for Federated Fine-tuning of On-Device Foundation Models", EMNLP 2024,
+arXiv:2401.06432).
+
+Aggregation, as in the paper: each client's factors (here with its scaling folded into B, since
+ranks and therefore scalings differ) are zero-padded along the rank axis to r_max (B to
+``out x r_max``, A to ``r_max x in``) and averaged over *all* clients of the round with one weight
+per client: ``p_k`` by default, or, with ``norm_weighted`` (the paper's sparsity-weighted
+aggregation), ``p_k * ||s_k B_k A_k||_F`` renormalised, computed per module from the factors.
+Averaging over every client (not per slot over the clients that hold it) is the paper's rule,
+and it is what dilutes the high slots that only high-rank clients train (the effect
+arXiv:2406.17477 measures). One departure: a slot that *no* client of the round holds (partial
+participation without any r_max client) keeps its previous global value instead of collapsing
+to zero, which would leave both of its factors zero and untrainable for good. Local rank
+self-pruning (a client-side option of the paper) is not part of the server.
+
+Not exact: ``mean(B) mean(A) != mean(B A)``; each round reports ``agg-rel-error``, the relative
+Frobenius gap of ``B_g A_g`` to the oracle ``sum_k p_k s_k B_k A_k`` (data weights ``p_k`` even
+when norm-weighted). A client receives the first r_k components, ``A_g[:r_k]`` and
+``B_g[:, :r_k] / s_k``; what the other slots carry is reported by :meth:`HetLoRA.payload_metrics`.
+``rank_cap`` and ``energy`` do not apply and are ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from fedlora.aggregation.base import (
+    Aggregator,
+    ClientSpec,
+    ClientUpdate,
+    GlobalAdapter,
+    client_weights,
+    gap_to_oracle,
+    mean_extras,
+)
+from fedlora.aggregation.registry import register
+from fedlora.lora.factored import Factors, frobenius_norm, tail_norm
+from fedlora.lora.keys import LoraState, a_key, b_key, extra_keys, lora_modules, uniform_rank
+
+
+@register
+class HetLoRA(Aggregator):
+    """Zero-padded weighted mean of the factors at the largest rank; clients take a prefix."""
+
+    name = "hetlora"
+    exact = False
+    accepts_mixed_ranks = True
+
+    def init_state(self, initial: GlobalAdapter) -> None:
+        self._rank = uniform_rank(initial.state)
+        pairs = lora_modules(initial.state)
+        # scaling folded into B: the update is B_g A_g whatever rank a client trains at
+        self._G = {m: Factors(B=initial.module_scaling(m) * p.B, A=p.A.clone()) for m, p in pairs.items()}
+        self._extras = {k: initial.state[k].clone() for k in extra_keys(initial.state)}
+        self._norms: dict[str, float] | None = None
+        self._trunc: list[float] = []
+
+    def begin_round(self, server_round: int) -> None:
+        self._trunc = []
+
+    def _check_rank(self, spec: ClientSpec) -> None:
+        if not 0 < spec.rank <= self._rank:
+            raise ValueError(f"hetlora: client {spec.client_id} rank {spec.rank} is outside 1..{self._rank}")
+
+    def payload(self, spec: ClientSpec) -> LoraState:
+        self._check_rank(spec)
+        r = spec.rank
+        out: LoraState = {}
+        for m, g in self._G.items():
+            out[a_key(m)] = g.A[:r].clone()
+            out[b_key(m)] = g.B[:, :r] / spec.scaling
+        out.update({k: v.clone() for k, v in self._extras.items()})
+        if self._norms is None:
+            self._norms = {m: frobenius_norm(g) for m, g in self._G.items()}
+        for m, g in self._G.items():
+            total = self._norms[m]
+            self._trunc.append(tail_norm(g, r) / total if total > 0 else 0.0)
+        return out
+
+    def payload_metrics(self) -> dict[str, float]:
+        """Relative Frobenius error of each payload's start update vs the global, per module.
+
+        ``trunc-rel-error-max``/``-mean`` over (payload, module) pairs since :meth:`begin_round`.
+        The leading slots are not ordered by energy, so this is a plain prefix, not an optimal
+        truncation.
+        """
+        if not self._trunc:
+            return {}
+        mean = sum(self._trunc) / len(self._trunc)
+        return {"trunc-rel-error-max": max(self._trunc), "trunc-rel-error-mean": mean}
+
+    def _weights(self, updates: Sequence[ClientUpdate], p: list[float], module: str) -> list[float]:
+        """``p_k``, or ``p_k ||s_k B_k A_k||_F`` renormalised (falling back to ``p_k`` if all are zero)."""
+        if not self.norm_weighted:
+            return p
+        raw = [
+            pk * frobenius_norm(Factors(B=u.spec.scaling * u.state[b_key(module)], A=u.state[a_key(module)]))
+            for pk, u in zip(p, updates, strict=True)
+        ]
+        total = sum(raw)
+        return [w / total for w in raw] if total > 0 else p
+
+    def aggregate(self, updates: Sequence[ClientUpdate]) -> dict[str, float]:
+        p = client_weights(updates)
+        for u in updates:
+            self._check_rank(u.spec)
+        held = max(u.spec.rank for u in updates)  # slots >= held: no client of this round has them
+        new_G: dict[str, Factors] = {}
+        for m, old in self._G.items():
+            w = self._weights(updates, p, m)
+            pad = [self._rank - u.spec.rank for u in updates]
+            B = torch.stack([wk * u.spec.scaling * F.pad(u.state[b_key(m)], (0, n))
+                             for wk, u, n in zip(w, updates, pad, strict=True)]).sum(dim=0)
+            A = torch.stack([wk * F.pad(u.state[a_key(m)], (0, 0, 0, n))
+                             for wk, u, n in zip(w, updates, pad, strict=True)]).sum(dim=0)
+            if held < self._rank:
+                B[:, held:] = old.B[:, held:].to(B.dtype)
+                A[held:] = old.A[held:].to(A.dtype)
+            new_G[m] = Factors(B=B, A=A)
+        metrics = gap_to_oracle(updates, p, new_G)
+        self._G = new_G
+        self._extras = mean_extras(updates, p)
+        self._norms = None
+        return metrics
+
+    def global_adapter(self) -> GlobalAdapter:
+        scaling = self.alpha / self._rank
+        state: LoraState = {}
+        for m, g in self._G.items():
+            state[a_key(m)] = g.A.clone()
+            state[b_key(m)] = g.B / scaling
+        state.update({k: v.clone() for k, v in self._extras.items()})
+        return GlobalAdapter(state=state, rank=self._rank, alpha=self.alpha)
+
+    def state_dict(self) -> LoraState:
+        out: LoraState = {}
+        for m, g in self._G.items():
+            out[f"global.{a_key(m)}"], out[f"global.{b_key(m)}"] = g.A.clone(), g.B.clone()
+        out.update({f"extra.{k}": v.clone() for k, v in self._extras.items()})
+        return out
+
+    def load_state_dict(self, state: LoraState) -> None:
+        """Restore from :meth:`state_dict`; needs no prior :meth:`init_state`."""
+        glob = {k.removeprefix("global."): v.clone() for k, v in state.items() if k.startswith("global.")}
+        self._rank = uniform_rank(glob)
+        self._G = {m: Factors(B=p.B, A=p.A) for m, p in lora_modules(glob).items()}
+        self._extras = {k.removeprefix("extra."): v.clone() for k, v in state.items()
+                        if k.startswith("extra.")}
+        self._norms = None
+        self._trunc = []
