@@ -157,6 +157,13 @@ def client_weights(updates: Sequence[ClientUpdate]) -> list[float]:
     return [n / total for n in counts]
 
 
+def truncation_metrics(errors: Sequence[float]) -> dict[str, float]:
+    """``trunc-rel-error-max``/``-mean`` of the relative errors of this round's payload truncations."""
+    if not errors:
+        return {}
+    return {"trunc-rel-error-max": max(errors), "trunc-rel-error-mean": sum(errors) / len(errors)}
+
+
 def weighted_mean(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
     """``sum_k w_k t_k`` for equally shaped tensors (weights already normalised)."""
     out = torch.zeros_like(tensors[0])

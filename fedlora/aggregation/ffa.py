@@ -33,6 +33,7 @@ from fedlora.aggregation.base import (
     client_weights,
     gap_to_oracle,
     mean_extras,
+    truncation_metrics,
 )
 from fedlora.aggregation.registry import register
 from fedlora.lora.factored import Factors, frobenius_norm, tail_norm
@@ -108,10 +109,7 @@ class FFALoRA(Aggregator):
         ``trunc-rel-error-max``/``-mean`` over (payload, module) pairs since :meth:`begin_round`:
         0 for clients at the full rank, and for every client while the global update is zero.
         """
-        if not self._trunc:
-            return {}
-        mean = sum(self._trunc) / len(self._trunc)
-        return {"trunc-rel-error-max": max(self._trunc), "trunc-rel-error-mean": mean}
+        return truncation_metrics(self._trunc)
 
     def aggregate(self, updates: Sequence[ClientUpdate]) -> dict[str, float]:
         p = client_weights(updates)

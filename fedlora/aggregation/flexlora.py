@@ -33,6 +33,7 @@ from fedlora.aggregation.base import (
     client_weights,
     gap_to_oracle,
     mean_extras,
+    truncation_metrics,
 )
 from fedlora.aggregation.registry import register
 from fedlora.lora.factored import Factors, empty, keep_count, split_svd, stack, svd
@@ -92,10 +93,9 @@ class FlexLoRA(Aggregator):
         if not self._energy:
             return {}
         errors = [max(1.0 - e, 0.0) ** 0.5 for e in self._energy]
-        n = len(self._energy)
         return {
-            "trunc-energy-min": min(self._energy), "trunc-energy-mean": sum(self._energy) / n,
-            "trunc-rel-error-max": max(errors), "trunc-rel-error-mean": sum(errors) / n,
+            "trunc-energy-min": min(self._energy), "trunc-energy-mean": sum(self._energy) / len(self._energy),
+            **truncation_metrics(errors),
         }
 
     def aggregate(self, updates: Sequence[ClientUpdate]) -> dict[str, float]:

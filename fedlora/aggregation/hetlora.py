@@ -36,6 +36,7 @@ from fedlora.aggregation.base import (
     client_weights,
     gap_to_oracle,
     mean_extras,
+    truncation_metrics,
 )
 from fedlora.aggregation.registry import register
 from fedlora.lora.factored import Factors, frobenius_norm, tail_norm
@@ -88,10 +89,7 @@ class HetLoRA(Aggregator):
         The leading slots are not ordered by energy, so this is a plain prefix, not an optimal
         truncation.
         """
-        if not self._trunc:
-            return {}
-        mean = sum(self._trunc) / len(self._trunc)
-        return {"trunc-rel-error-max": max(self._trunc), "trunc-rel-error-mean": mean}
+        return truncation_metrics(self._trunc)
 
     def _weights(self, updates: Sequence[ClientUpdate], p: list[float], module: str) -> list[float]:
         """``p_k``, or ``p_k ||s_k B_k A_k||_F`` renormalised (falling back to ``p_k`` if all are zero)."""

@@ -260,5 +260,5 @@ def _client_row(rnd: int, node_id: int, sent: _Sent, metrics: MetricRecord, nbyt
         "round": rnd, "node_id": node_id, "partition_id": sent.partition_id, "rank": sent.spec.rank,
         "bytes_down": sent.nbytes, "bytes_up": nbytes,
     }
-    row.update({k.replace("-", "_"): v for k, v in metrics.items()})
+    row.update(_snake(dict(metrics)))
     return row
