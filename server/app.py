@@ -2,11 +2,13 @@
 
 ``make_server_app(cfg, out_dir)`` is used by the in-process simulation (config already
 validated); the module-level ``app`` serves ``flwr run``, where the config comes from the
-``hydra-overrides`` string in Flower's run_config.
+``hydra-overrides`` string in Flower's run_config. With ``stop`` (an event the simulation sets on
+Ctrl-C) the server's Grid is a :class:`StoppableGrid`, so the ServerApp thread ends promptly.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -17,9 +19,11 @@ from fedlora.config.run_config import config_from_run_config
 from fedlora.config.schema import RunConfig
 from fedlora.logs import setup_logging
 from fedlora.strategies.orchestrate import run_server
+from server.stoppable_grid import StoppableGrid
 
 
-def make_server_app(cfg: RunConfig | None = None, out_dir: Path | None = None) -> ServerApp:
+def make_server_app(cfg: RunConfig | None = None, out_dir: Path | None = None,
+                    stop: threading.Event | None = None) -> ServerApp:
     """A ServerApp bound to ``cfg`` (or composing it from run_config when None)."""
     app = ServerApp()
 
@@ -29,7 +33,7 @@ def make_server_app(cfg: RunConfig | None = None, out_dir: Path | None = None) -
         run_cfg = cfg if cfg is not None else config_from_run_config(context.run_config)
         default_dir = f"outputs/flwr-{time.strftime('%Y%m%d-%H%M%S')}"
         target = out_dir or Path(run_cfg.resume or run_cfg.output_dir or default_dir)
-        run_server(grid, run_cfg, target)
+        run_server(StoppableGrid(grid, stop) if stop is not None else grid, run_cfg, target)
 
     return app
 

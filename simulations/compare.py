@@ -45,13 +45,17 @@ def _fresh_models(run: Runner) -> Runner:
     return wrapped
 
 
-def runners() -> dict[str, Runner]:
-    """How each kind of run executes: federated runs on Flower's Simulation Engine, in process."""
+def runners(verbose: bool = False) -> dict[str, Runner]:
+    """How each kind of run executes: federated runs on Flower's Simulation Engine, in process
+    (client log lines reach the console only with ``compare.verbose``)."""
     # Create Flower's console handler now (after simulations.engine set its environment), so that
     # quiet mode can lower it during the runs.
     import flwr.common.logger  # noqa: F401
 
-    kinds = {"federated": simulate, "centralized": run_centralized, "local": run_local_only}
+    def federated(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
+        return simulate(cfg, out_dir, worker_logs=verbose)
+
+    kinds = {"federated": federated, "centralized": run_centralized, "local": run_local_only}
     return {kind: _fresh_models(run) for kind, run in kinds.items()}
 
 
@@ -66,7 +70,7 @@ def main(dcfg: DictConfig) -> None:
     try:
         settings = parse_settings(tree)  # type: ignore[arg-type]
         run_args = split_overrides(list(HydraConfig.get().overrides.task))[1]
-        _, outcome, report = run_comparison(settings, run_args, runners(), say)
+        _, outcome, report = run_comparison(settings, run_args, runners(settings.verbose), say)
     except ConfigError as err:
         print(f"compare: {err}", file=sys.stderr)
         sys.exit(2)

@@ -9,32 +9,54 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
-# Offline and quiet by default; a user with network can export HF_HUB_OFFLINE=0.
-for _key, _value in {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-    "TRANSFORMERS_VERBOSITY": "error",  # e.g. the expected "classifier MISSING" load report
-    "TQDM_DISABLE": "1",
-    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
-}.items():
-    os.environ.setdefault(_key, _value)
-
-from fedlora.config.schema import RunConfig  # noqa: E402
+from fedlora.config.schema import RunConfig
+from server.stoppable_grid import RunStopped
 
 log = logging.getLogger(__name__)
 
 
-def simulate(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
-    """Run ``cfg`` with ``federation.num_clients`` virtual SuperNodes; return the run summary."""
+@contextmanager
+def _graceful_ctrl_c(stop: threading.Event) -> Iterator[None]:
+    """The first Ctrl-C sets ``stop`` instead of raising; a second one raises as usual.
+
+    A KeyboardInterrupt inside ``run_simulation`` leaves Flower's client worker threads waiting on
+    Ray while Flower shuts Ray down, which can crash the interpreter at exit (SIGSEGV) and leaves
+    the ServerApp thread waiting out the round timeout. With ``stop`` set instead, the server's
+    :class:`~server.stoppable_grid.StoppableGrid` raises at its next wait, Flower sees the
+    ServerApp end and stops its workers after the clients' current tasks, and ``run_simulation``
+    returns normally. Only the main thread can own the handler; elsewhere nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        log.warning("Ctrl-C: stopping after the clients' current tasks (Ctrl-C again to stop now)")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def simulate(cfg: RunConfig, out_dir: Path, worker_logs: bool = True) -> dict[str, Any]:
+    """Run ``cfg`` with ``federation.num_clients`` virtual SuperNodes; return the run summary.
+
+    ``worker_logs=False`` keeps the clients' log lines (local steps) in Ray's session log files
+    instead of forwarding them to this console: a comparison's console shows only its progress.
+    """
     from flwr.simulation import run_simulation
 
     from client.app import app as client_app
@@ -47,6 +69,7 @@ def simulate(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     # Ray binds its services to the node address: keep them on loopback (single-machine simulation).
     init_args: dict[str, Any] = {
         "include_dashboard": False, "logging_level": logging.WARNING, "_node_ip_address": "127.0.0.1",
+        "log_to_driver": worker_logs,
     }
     if fed.ray_num_cpus:
         init_args["num_cpus"] = fed.ray_num_cpus
@@ -55,13 +78,23 @@ def simulate(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         "init_args": init_args,
     }
     logging.getLogger("flwr").propagate = False  # Hydra's root handler would print flwr lines twice
-    run_simulation(
-        server_app=make_server_app(cfg, out_dir),
-        client_app=client_app,
-        num_supernodes=fed.num_clients,
-        backend_name="ray",
-        backend_config=backend_config,
-    )
+    stop = threading.Event()
+    with _graceful_ctrl_c(stop):
+        try:
+            run_simulation(
+                server_app=make_server_app(cfg, out_dir, stop=stop),
+                client_app=client_app,
+                num_supernodes=fed.num_clients,
+                backend_name="ray",
+                backend_config=backend_config,
+            )
+        except KeyboardInterrupt:
+            stop.set()  # a second Ctrl-C: release the ServerApp thread too
+            raise
+        except RunStopped:
+            pass  # raised below as KeyboardInterrupt
+    if stop.is_set() and not summary_path.exists():  # (a Ctrl-C during the export let it finish)
+        raise KeyboardInterrupt(f"run stopped by Ctrl-C; finished rounds are checkpointed in {out_dir}")
     if not summary_path.exists():
         raise RuntimeError(
             f"the simulation ended without a summary in {out_dir}; see the log above for the error"

@@ -12,6 +12,7 @@ summary.json, checkpoint/, adapter/ (PEFT format).
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -33,7 +34,14 @@ def main(dcfg: DictConfig) -> None:
         print(err, file=sys.stderr)
         sys.exit(2)
     out_dir = Path(cfg.resume or cfg.output_dir or HydraConfig.get().runtime.output_dir)
-    summary = simulate(cfg, out_dir)
+    try:
+        summary = simulate(cfg, out_dir)
+    except KeyboardInterrupt:
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
+        again = " ".join(shlex.quote(o) for o in [*overrides, f"resume={out_dir}"])
+        print(f"\nfedlora: interrupted; every finished round is checkpointed in {out_dir / 'checkpoint'}\n"
+              f"  continue with: python -m simulations.run {again}", file=sys.stderr)
+        sys.exit(130)
     final = summary.get("final", {})
     check = summary.get("export_check", {})
     print(f"\nfedlora: {summary['strategy']} on {summary['model']}/{summary['data']}, "

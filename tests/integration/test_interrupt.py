@@ -1,0 +1,68 @@
+"""Ctrl-C on a simulation: the process ends promptly with status 130 (it used to wait on Flower's
+ServerApp thread for the round timeout, or crash at exit), says how to continue, and the printed
+command resumes after the last checkpointed round."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedlora.config import compose
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _checkpointed(out: Path) -> int:
+    path = out / "checkpoint" / "state.json"
+    return json.loads(path.read_text())["round"] if path.exists() else 0
+
+
+def _rounds(out: Path) -> list[int]:
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line)["round"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_ctrl_c_ends_the_run_and_it_resumes(tmp_path):
+    out = tmp_path / "run"
+    overrides = ["preset=smoke", "federation.num_rounds=200", f"output_dir={out}"]
+    log = tmp_path / "console.txt"  # a file, not a pipe: an unread pipe would block the run
+    with log.open("w") as console:
+        proc = subprocess.Popen([sys.executable, "-m", "simulations.run", *overrides], cwd=ROOT,
+                                stdout=console, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            deadline = time.monotonic() + 600
+            while _checkpointed(out) < 1:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, "no round finished in 10 minutes"
+                time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            # Bounded so that a regression fails rather than hangs: without the graceful stop this
+            # waited for federation.round_timeout_s (an hour) per remaining round.
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    err = log.read_text()
+    assert proc.returncode == 130, err[-3000:]  # not -11: no crash at exit
+    assert "Traceback" not in err, err[-3000:]
+    assert "continue with: python -m simulations.run" in err and f"resume={out}" in err
+
+    from simulations.engine import simulate
+
+    done = _checkpointed(out)
+    cfg = compose(["preset=smoke", f"output_dir={out}", f"federation.num_rounds={done + 1}", f"resume={out}"])
+    summary = simulate(cfg, out)
+    assert _rounds(out) == list(range(done + 2))
+    assert summary["rounds"] == done + 1
