@@ -1,0 +1,1 @@
+"""Deployment helpers that no library provides: credentials for TLS and SuperNode authentication."""
