@@ -13,13 +13,13 @@ The oracle of DESIGN.md section 3, ``dW* = sum_k p_k s_k B_k A_k``, is built by
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
-from fedlora.lora.factored import Factors, relative_error, stack
+from fedlora.lora.factored import Factors, frobenius_norm, relative_error, stack, tail_norm
 from fedlora.lora.keys import LoraState, a_key, b_key, extra_keys, lora_modules
 
 
@@ -155,6 +155,58 @@ def client_weights(updates: Sequence[ClientUpdate]) -> list[float]:
         raise ValueError(f"every update needs a positive example count, got {counts}")
     total = float(sum(counts))
     return [n / total for n in counts]
+
+
+def check_rank(name: str, spec: ClientSpec, max_rank: int, why: str = "") -> None:
+    """Refuse a client whose rank is outside ``1..max_rank`` (the global state's width)."""
+    if not 0 < spec.rank <= max_rank:
+        raise ValueError(f"{name}: client {spec.client_id} rank {spec.rank} is outside 1..{max_rank}{why}")
+
+
+def unfolded(G: Mapping[str, Factors], extras: LoraState, rank: int, alpha: float) -> GlobalAdapter:
+    """A rank-``rank`` PEFT adapter whose update is G (scaling folded into B): B divided by
+    PEFT's ``alpha / rank``, A as is, plus copies of the extra tensors (e.g. a head)."""
+    scaling = alpha / rank
+    state: LoraState = {}
+    for m, g in G.items():
+        state[a_key(m)], state[b_key(m)] = g.A.clone(), g.B / scaling
+    state.update({k: v.clone() for k, v in extras.items()})
+    return GlobalAdapter(state=state, rank=rank, alpha=alpha)
+
+
+def section(state: LoraState, prefix: str) -> LoraState:
+    """The entries of a checkpoint written under ``prefix`` (e.g. ``"extra."``), prefix removed, copied."""
+    return {k.removeprefix(prefix): v.clone() for k, v in state.items() if k.startswith(prefix)}
+
+
+class PrefixTruncation:
+    """What sending a client only the first r components of the global factors leaves out.
+
+    For strategies whose payload is a plain prefix of G (``ffa``, ``hetlora``): every
+    :meth:`record` appends, per module, ``||G - G[:r]|| / ||G||`` (0 while G is zero), and
+    :meth:`metrics` reports them as ``trunc-rel-error-max``/``-mean``. The norms of G are computed
+    once per global state: call :meth:`global_changed` whenever G changes.
+    """
+
+    def __init__(self) -> None:
+        self._norms: dict[str, float] | None = None
+        self._errors: list[float] = []
+
+    def begin_round(self) -> None:
+        self._errors = []
+
+    def global_changed(self) -> None:
+        self._norms = None
+
+    def record(self, G: Mapping[str, Factors], rank: int) -> None:
+        if self._norms is None:
+            self._norms = {m: frobenius_norm(g) for m, g in G.items()}
+        for m, g in G.items():
+            total = self._norms[m]
+            self._errors.append(tail_norm(g, rank) / total if total > 0 else 0.0)
+
+    def metrics(self) -> dict[str, float]:
+        return truncation_metrics(self._errors)
 
 
 def truncation_metrics(errors: Sequence[float]) -> dict[str, float]:

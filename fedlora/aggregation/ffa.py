@@ -30,13 +30,16 @@ from fedlora.aggregation.base import (
     ClientSpec,
     ClientUpdate,
     GlobalAdapter,
+    PrefixTruncation,
+    check_rank,
     client_weights,
     gap_to_oracle,
     mean_extras,
-    truncation_metrics,
+    section,
+    unfolded,
 )
 from fedlora.aggregation.registry import register
-from fedlora.lora.factored import Factors, frobenius_norm, tail_norm
+from fedlora.lora.factored import Factors
 from fedlora.lora.init import state_hash
 from fedlora.lora.keys import LoraState, a_key, b_key, extra_keys, lora_modules, uniform_rank
 
@@ -56,21 +59,18 @@ class FFALoRA(Aggregator):
         self._A = {m: p.A.clone() for m, p in pairs.items()}
         self._B = {m: initial.module_scaling(m) * p.B for m, p in pairs.items()}  # folded: update = B A
         self._extras = {k: initial.state[k].clone() for k in extra_keys(initial.state)}
-        self._reset_caches()
-
-    def _reset_caches(self) -> None:
-        self._norms: dict[str, float] | None = None
-        self._trunc: list[float] = []
+        self._trunc = PrefixTruncation()
 
     def begin_round(self, server_round: int) -> None:
-        self._trunc = []
+        self._trunc.begin_round()
 
     def _check_rank(self, spec: ClientSpec) -> None:
-        if not 0 < spec.rank <= self._rank:
-            raise ValueError(
-                f"ffa: client {spec.client_id} has rank {spec.rank}, but the shared A has {self._rank} "
-                "rows (the initial adapter must be built at the largest client rank)"
-            )
+        check_rank("ffa", spec, self._rank, f" (the shared A has {self._rank} rows: the initial adapter "
+                   "must be built at the largest client rank)")
+
+    def _factors(self, B: dict[str, torch.Tensor]) -> dict[str, Factors]:
+        """Folded B factors paired with the shared A: the update each module applies."""
+        return {m: Factors(B=b, A=self._A[m].to(b.dtype)) for m, b in B.items()}
 
     def a_hash(self, rank: int) -> int:
         """``state_hash`` of the shared A's first ``rank`` rows, keyed ``<module>.lora_A.weight``.
@@ -91,17 +91,8 @@ class FFALoRA(Aggregator):
         self._check_rank(spec)
         out: LoraState = {b_key(m): B[:, : spec.rank] / spec.scaling for m, B in self._B.items()}
         out.update({k: v.clone() for k, v in self._extras.items()})
-        self._log_truncation(spec.rank)
+        self._trunc.record(self._factors(self._B), spec.rank)
         return out
-
-    def _log_truncation(self, rank: int) -> None:
-        if self._norms is None:
-            self._norms = {m: frobenius_norm(Factors(B=B, A=self._A[m].to(B.dtype)))
-                           for m, B in self._B.items()}
-        for m, B in self._B.items():
-            total = self._norms[m]
-            tail = tail_norm(Factors(B=B, A=self._A[m].to(B.dtype)), rank) if total > 0 else 0.0
-            self._trunc.append(tail / total if total > 0 else 0.0)
 
     def payload_metrics(self) -> dict[str, float]:
         """Relative Frobenius error of each payload's start update vs the global, per module.
@@ -109,7 +100,7 @@ class FFALoRA(Aggregator):
         ``trunc-rel-error-max``/``-mean`` over (payload, module) pairs since :meth:`begin_round`:
         0 for clients at the full rank, and for every client while the global update is zero.
         """
-        return truncation_metrics(self._trunc)
+        return self._trunc.metrics()
 
     def aggregate(self, updates: Sequence[ClientUpdate]) -> dict[str, float]:
         p = client_weights(updates)
@@ -125,21 +116,15 @@ class FFALoRA(Aggregator):
             dtype = u.state[b_key(next(iter(self._A)))].dtype
             shared = {a_key(m): A[: u.spec.rank].to(dtype) for m, A in self._A.items()}
             with_a.append(ClientUpdate(u.spec, {**u.state, **shared}, u.num_examples))
-        result = {m: Factors(B=B, A=self._A[m].to(B.dtype)) for m, B in new_B.items()}
-        metrics = gap_to_oracle(with_a, p, result)
+        metrics = gap_to_oracle(with_a, p, self._factors(new_B))
         self._B = new_B
         self._extras = mean_extras(updates, p)
-        self._norms = None
+        self._trunc.global_changed()
         return metrics
 
     def global_adapter(self) -> GlobalAdapter:
-        scaling = self.alpha / self._rank
-        state: LoraState = {}
-        for m, A in self._A.items():
-            state[a_key(m)] = A.clone()
-            state[b_key(m)] = self._B[m] / scaling
-        state.update({k: v.clone() for k, v in self._extras.items()})
-        return GlobalAdapter(state=state, rank=self._rank, alpha=self.alpha)
+        G = {m: Factors(B=self._B[m], A=A) for m, A in self._A.items()}
+        return unfolded(G, self._extras, self._rank, self.alpha)
 
     def state_dict(self) -> LoraState:
         out = {f"shared.{a_key(m)}": A.clone() for m, A in self._A.items()}
@@ -149,12 +134,10 @@ class FFALoRA(Aggregator):
 
     def load_state_dict(self, state: LoraState) -> None:
         """Restore from :meth:`state_dict`; needs no prior :meth:`init_state`."""
-        shared = {k.removeprefix("shared."): v.clone() for k, v in state.items() if k.startswith("shared.")}
-        glob = {k.removeprefix("global."): v.clone() for k, v in state.items() if k.startswith("global.")}
+        shared, glob = section(state, "shared."), section(state, "global.")
         pairs = lora_modules({**shared, **glob})
         self._rank = uniform_rank({**shared, **glob})
         self._A = {m: p.A for m, p in pairs.items()}
         self._B = {m: p.B for m, p in pairs.items()}
-        self._extras = {k.removeprefix("extra."): v.clone() for k, v in state.items()
-                        if k.startswith("extra.")}
-        self._reset_caches()
+        self._extras = section(state, "extra.")
+        self._trunc = PrefixTruncation()

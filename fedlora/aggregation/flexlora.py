@@ -30,9 +30,11 @@ from fedlora.aggregation.base import (
     ClientSpec,
     ClientUpdate,
     GlobalAdapter,
+    check_rank,
     client_weights,
     gap_to_oracle,
     mean_extras,
+    section,
     truncation_metrics,
 )
 from fedlora.aggregation.registry import register
@@ -62,16 +64,12 @@ class FlexLoRA(Aggregator):
     def begin_round(self, server_round: int) -> None:
         self._energy = []
 
-    def _check_rank(self, spec: ClientSpec) -> None:
-        if not 0 < spec.rank <= self._rank:
-            raise ValueError(f"flexlora: client {spec.client_id} rank {spec.rank} is outside 1..{self._rank}")
-
     def global_rank(self) -> int:
         """The largest number of components G keeps in a module (0 before the first round)."""
         return max((g.rank for g in self._G.values()), default=0)
 
     def payload(self, spec: ClientSpec) -> LoraState:
-        self._check_rank(spec)
+        check_rank(self.name, spec, self._rank)
         r, s_k = spec.rank, spec.scaling
         out: LoraState = {}
         for m, g in self._G.items():
@@ -101,7 +99,7 @@ class FlexLoRA(Aggregator):
     def aggregate(self, updates: Sequence[ClientUpdate]) -> dict[str, float]:
         p = client_weights(updates)
         for u in updates:
-            self._check_rank(u.spec)
+            check_rank(self.name, u.spec, self._rank)
         new_G: dict[str, Factors] = {}
         new_S: dict[str, torch.Tensor] = {}
         for m in self._G:
@@ -149,18 +147,15 @@ class FlexLoRA(Aggregator):
 
     def load_state_dict(self, state: LoraState) -> None:
         """Restore from :meth:`state_dict`; needs no prior :meth:`init_state`."""
-        def part(prefix: str) -> LoraState:
-            return {k.removeprefix(prefix): v.clone() for k, v in state.items() if k.startswith(prefix)}
-
-        self._initial = part("initial.")
+        self._initial = section(state, "initial.")
         self._rank = uniform_rank(self._initial)
         self._initial_alpha = float(state["meta.initial_alpha"])
-        glob, sv = part("global."), part("sv.")
+        glob, sv = section(state, "global."), section(state, "sv.")
         self._G, self._S = {}, {}
         for m, p in lora_modules(self._initial).items():
             if a_key(m) in glob:
                 self._G[m], self._S[m] = Factors(B=glob[b_key(m)], A=glob[a_key(m)]), sv[m]
             else:
                 self._G[m], self._S[m] = empty(p.B.shape[0], p.A.shape[1], p.A), p.A.new_zeros(0)
-        self._extras = part("extra.")
+        self._extras = section(state, "extra.")
         self._energy = []

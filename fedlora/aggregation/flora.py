@@ -44,6 +44,7 @@ from fedlora.aggregation.base import (
     GlobalAdapter,
     client_weights,
     mean_extras,
+    section,
 )
 from fedlora.aggregation.registry import register
 from fedlora.lora.factored import Factors, compress, empty, frobenius_norm, stack
@@ -177,20 +178,17 @@ class FLoRA(Aggregator):
 
     def load_state_dict(self, state: LoraState) -> None:
         """Restore from :meth:`state_dict`; needs no prior :meth:`init_state`."""
-        def part(prefix: str) -> LoraState:
-            return {k.removeprefix(prefix): v.clone() for k, v in state.items() if k.startswith(prefix)}
-
-        self._initial = part("initial.")
+        self._initial = section(state, "initial.")
         shapes = lora_modules(self._initial)
-        glob = part("global.")
+        glob = section(state, "global.")
         self._G = {}
         for m, p in shapes.items():  # a module absent from "global." is still empty (rank 0)
             if a_key(m) in glob:
                 self._G[m] = Factors(B=glob[b_key(m)], A=glob[a_key(m)])
             else:
                 self._G[m] = empty(p.B.shape[0], p.A.shape[1], p.A)
-        self._extras = part("extra.")
-        self._dropped = {m: float(v) for m, v in part("dropped.").items()}
+        self._extras = section(state, "extra.")
+        self._dropped = {m: float(v) for m, v in section(state, "dropped.").items()}
         self._seed = int(state["meta.seed"])
         self._round = int(state["meta.round"])
         self._initial_rank = int(state["meta.initial_rank"])

@@ -33,13 +33,16 @@ from fedlora.aggregation.base import (
     ClientSpec,
     ClientUpdate,
     GlobalAdapter,
+    PrefixTruncation,
+    check_rank,
     client_weights,
     gap_to_oracle,
     mean_extras,
-    truncation_metrics,
+    section,
+    unfolded,
 )
 from fedlora.aggregation.registry import register
-from fedlora.lora.factored import Factors, frobenius_norm, tail_norm
+from fedlora.lora.factored import Factors, frobenius_norm
 from fedlora.lora.keys import LoraState, a_key, b_key, extra_keys, lora_modules, uniform_rank
 
 
@@ -57,29 +60,20 @@ class HetLoRA(Aggregator):
         # scaling folded into B: the update is B_g A_g whatever rank a client trains at
         self._G = {m: Factors(B=initial.module_scaling(m) * p.B, A=p.A.clone()) for m, p in pairs.items()}
         self._extras = {k: initial.state[k].clone() for k in extra_keys(initial.state)}
-        self._norms: dict[str, float] | None = None
-        self._trunc: list[float] = []
+        self._trunc = PrefixTruncation()
 
     def begin_round(self, server_round: int) -> None:
-        self._trunc = []
-
-    def _check_rank(self, spec: ClientSpec) -> None:
-        if not 0 < spec.rank <= self._rank:
-            raise ValueError(f"hetlora: client {spec.client_id} rank {spec.rank} is outside 1..{self._rank}")
+        self._trunc.begin_round()
 
     def payload(self, spec: ClientSpec) -> LoraState:
-        self._check_rank(spec)
+        check_rank(self.name, spec, self._rank)
         r = spec.rank
         out: LoraState = {}
         for m, g in self._G.items():
             out[a_key(m)] = g.A[:r].clone()
             out[b_key(m)] = g.B[:, :r] / spec.scaling
         out.update({k: v.clone() for k, v in self._extras.items()})
-        if self._norms is None:
-            self._norms = {m: frobenius_norm(g) for m, g in self._G.items()}
-        for m, g in self._G.items():
-            total = self._norms[m]
-            self._trunc.append(tail_norm(g, r) / total if total > 0 else 0.0)
+        self._trunc.record(self._G, r)
         return out
 
     def payload_metrics(self) -> dict[str, float]:
@@ -89,7 +83,7 @@ class HetLoRA(Aggregator):
         The leading slots are not ordered by energy, so this is a plain prefix, not an optimal
         truncation.
         """
-        return truncation_metrics(self._trunc)
+        return self._trunc.metrics()
 
     def _weights(self, updates: Sequence[ClientUpdate], p: list[float], module: str) -> list[float]:
         """``p_k``, or ``p_k ||s_k B_k A_k||_F`` renormalised (falling back to ``p_k`` if all are zero)."""
@@ -105,7 +99,7 @@ class HetLoRA(Aggregator):
     def aggregate(self, updates: Sequence[ClientUpdate]) -> dict[str, float]:
         p = client_weights(updates)
         for u in updates:
-            self._check_rank(u.spec)
+            check_rank(self.name, u.spec, self._rank)
         held = max(u.spec.rank for u in updates)  # slots >= held: no client of this round has them
         new_G: dict[str, Factors] = {}
         for m, old in self._G.items():
@@ -122,17 +116,11 @@ class HetLoRA(Aggregator):
         metrics = gap_to_oracle(updates, p, new_G)
         self._G = new_G
         self._extras = mean_extras(updates, p)
-        self._norms = None
+        self._trunc.global_changed()
         return metrics
 
     def global_adapter(self) -> GlobalAdapter:
-        scaling = self.alpha / self._rank
-        state: LoraState = {}
-        for m, g in self._G.items():
-            state[a_key(m)] = g.A.clone()
-            state[b_key(m)] = g.B / scaling
-        state.update({k: v.clone() for k, v in self._extras.items()})
-        return GlobalAdapter(state=state, rank=self._rank, alpha=self.alpha)
+        return unfolded(self._G, self._extras, self._rank, self.alpha)
 
     def state_dict(self) -> LoraState:
         out: LoraState = {}
@@ -143,10 +131,8 @@ class HetLoRA(Aggregator):
 
     def load_state_dict(self, state: LoraState) -> None:
         """Restore from :meth:`state_dict`; needs no prior :meth:`init_state`."""
-        glob = {k.removeprefix("global."): v.clone() for k, v in state.items() if k.startswith("global.")}
+        glob = section(state, "global.")
         self._rank = uniform_rank(glob)
         self._G = {m: Factors(B=p.B, A=p.A) for m, p in lora_modules(glob).items()}
-        self._extras = {k.removeprefix("extra."): v.clone() for k, v in state.items()
-                        if k.startswith("extra.")}
-        self._norms = None
-        self._trunc = []
+        self._extras = section(state, "extra.")
+        self._trunc = PrefixTruncation()
