@@ -124,9 +124,3 @@ def load_done(out_dir: Path, spec: RunSpec) -> dict[str, Any] | None:
     done = read_json(run_dir(out_dir, spec) / "done.json")
     return done if done is not None and done.get("fingerprint") == spec.fingerprint else None
 
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file (empty if missing)."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

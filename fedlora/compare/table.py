@@ -21,6 +21,7 @@ from typing import Any
 from fedlora.compare import store
 from fedlora.compare.plan import RunSpec, SweepPlan
 from fedlora.compare.stats import mean_ci
+from fedlora.results import read_jsonl
 
 BASELINE_LABELS = {"centralized": "centralized (upper ref.)", "local": "local-only (client mean)"}
 
@@ -54,7 +55,7 @@ def load_results(plan: SweepPlan, out_dir: Path) -> dict[str, RunResult]:
         done = store.load_done(out_dir, spec)
         if done is None:
             continue
-        rows = store.read_jsonl(store.run_dir(out_dir, spec) / "metrics.jsonl")
+        rows = read_jsonl(store.run_dir(out_dir, spec) / "metrics.jsonl")
         out[spec.run_id] = RunResult(spec, rows, float(done.get("wall_s", math.nan)))
     return out
 

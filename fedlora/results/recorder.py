@@ -97,9 +97,9 @@ class RunRecorder:
 
     def load(self, up_to_round: int) -> None:
         """Reload rows of rounds <= ``up_to_round`` (resume)."""
-        self.rows = [r for r in _read_jsonl(self.out_dir / "metrics.jsonl") if r["round"] <= up_to_round]
-        self.clients = [r for r in _read_jsonl(self.out_dir / "clients.jsonl") if r["round"] <= up_to_round]
-        self.rejected = [r for r in _read_jsonl(self.out_dir / "rejected.jsonl") if r["round"] <= up_to_round]
+        self.rows = [r for r in read_jsonl(self.out_dir / "metrics.jsonl") if r["round"] <= up_to_round]
+        self.clients = [r for r in read_jsonl(self.out_dir / "clients.jsonl") if r["round"] <= up_to_round]
+        self.rejected = [r for r in read_jsonl(self.out_dir / "rejected.jsonl") if r["round"] <= up_to_round]
 
     # -- console ---------------------------------------------------------------------------
     def table_lines(self, rows: list[dict[str, Any]] | None = None) -> list[str]:
@@ -141,7 +141,8 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     tmp.replace(path)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL results file (empty if missing)."""
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from fedlora.deploy.credentials import write_credentials
+from fedlora.results import read_jsonl
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,6 +121,6 @@ def test_tls_deployment_with_node_auth_runs_hetlora_end_to_end(tmp_path, launche
     summary = json.loads(summary_path.read_text())
     assert summary["strategy"] == "hetlora" and summary["num_clients"] == 2 and summary["rounds"] == 2
     assert summary["export_check"]["matches"] is True
-    rows = [json.loads(line) for line in (out / "clients.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_jsonl(out / "clients.jsonl")
     assert {(r["partition_id"], r["rank"]) for r in rows} == {(0, 2), (1, 4)}
     assert (out / "adapter" / "adapter_config.json").exists()

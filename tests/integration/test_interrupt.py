@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from fedlora.config import compose
+from fedlora.results import read_jsonl
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,10 +27,7 @@ def _checkpointed(out: Path) -> int:
 
 
 def _rounds(out: Path) -> list[int]:
-    path = out / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line)["round"] for line in path.read_text().splitlines() if line.strip()]
+    return [row["round"] for row in read_jsonl(out / "metrics.jsonl")]
 
 
 def test_ctrl_c_ends_the_run_and_it_resumes(tmp_path):

@@ -3,22 +3,16 @@
 One module-scoped run serves several assertions; a second call resumes it.
 """
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 
 from fedlora.config import compose
 from fedlora.data import load_central_test, make_collator, tokenize_dataset
 from fedlora.export import load_exported
+from fedlora.results import read_jsonl
 from fedlora.training.evaluate import evaluate
 
 pytestmark = pytest.mark.integration
-
-
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +28,7 @@ def smoke_run(tmp_path_factory):
 
 def test_two_rounds_run_end_to_end_and_write_results(smoke_run):
     _, out, summary = smoke_run
-    rows = _rows(out / "metrics.jsonl")
+    rows = read_jsonl(out / "metrics.jsonl")
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert all(r["clients"] == 3 for r in rows[1:])
     assert rows[1]["bytes_down"] > 0 and rows[1]["bytes_up"] == rows[1]["bytes_down"]
@@ -48,7 +42,7 @@ def test_two_rounds_run_end_to_end_and_write_results(smoke_run):
 
 def test_base_model_loaded_once_per_worker_across_rounds(smoke_run):
     _, out, _ = smoke_run
-    clients = _rows(out / "clients.jsonl")
+    clients = read_jsonl(out / "clients.jsonl")
     assert len(clients) == 6  # 3 clients x 2 rounds
     by_worker: dict[int, set] = {}
     for row in clients:
@@ -67,7 +61,7 @@ def test_exported_adapter_reloads_and_reproduces_server_metrics(smoke_run):
                             cfg.model.max_length)
     metrics = evaluate(model, test, make_collator(tok, "classification"), task="classification",
                        batch_size=32)
-    final = _rows(out / "metrics.jsonl")[-1]
+    final = read_jsonl(out / "metrics.jsonl")[-1]
     assert metrics["accuracy"] == final["eval_accuracy"]
     assert metrics["loss"] == pytest.approx(final["eval_loss"], rel=1e-6)
     assert summary["export_check"]["matches"] is True
@@ -78,13 +72,13 @@ def test_resume_continues_without_rerunning_finished_rounds(smoke_run):
     from simulations.engine import simulate
 
     _, out, _ = smoke_run
-    before = _rows(out / "clients.jsonl")
+    before = read_jsonl(out / "clients.jsonl")
     cfg = compose(["preset=smoke", f"output_dir={out}", "federation.num_clients=3",
                    "federation.fraction_train=1.0", "federation.num_rounds=3", f"resume={out}"])
     simulate(cfg, out)
-    rows = _rows(out / "metrics.jsonl")
+    rows = read_jsonl(out / "metrics.jsonl")
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
-    after = _rows(out / "clients.jsonl")
+    after = read_jsonl(out / "clients.jsonl")
     assert after[: len(before)] == before and {r["round"] for r in after[len(before):]} == {3}
 
 

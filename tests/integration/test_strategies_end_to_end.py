@@ -5,19 +5,13 @@ covers: per-client ranks, per-client payloads (FFA's B-only, FLoRA's frozen seco
 FlexLoRA's truncations), QLoRA, the export and its reload check.
 """
 
-import json
-from pathlib import Path
-
 import pytest
 
 from fedlora.config import compose
+from fedlora.results import read_jsonl
 
 pytestmark = pytest.mark.integration
 bnb = pytest.importorskip("bitsandbytes")
-
-
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.mark.parametrize("strategy", ["fedit", "ffa", "flora", "flexlora", "hetlora"])
@@ -28,11 +22,11 @@ def test_strategy_runs_with_mixed_ranks_on_nf4_and_exports(strategy, tmp_path):
     cfg = compose(["preset=smoke_llm", f"strategy={strategy}", ranks, "model.quantization=nf4",
                    "federation.num_clients=3", "export.audit=true", f"output_dir={tmp_path}"])
     summary = simulate(cfg, tmp_path)
-    rows = _rows(tmp_path / "metrics.jsonl")
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["round"] for r in rows] == [0, 1, 2] and all(r["clients"] == 3 for r in rows[1:])
     assert summary["rejected_replies"] == 0
     assert summary["export_check"]["matches"], summary["export_check"]
-    clients = _rows(tmp_path / "clients.jsonl")
+    clients = read_jsonl(tmp_path / "clients.jsonl")
     assert sorted({c["rank"] for c in clients}) == ([4] if strategy == "fedit" else [2, 3, 4])
     if strategy in ("ffa", "flora", "flexlora"):  # exact aggregation, measured on the real replies
         assert max(r["agg_rel_error"] for r in rows[1:]) < 1e-4
