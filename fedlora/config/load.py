@@ -9,6 +9,7 @@ section's own checks and the cross-section rules.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -49,6 +50,7 @@ def build_config(tree: dict[str, Any]) -> RunConfig:
         value = getattr(cfg, section.name)
         if hasattr(value, "problems"):
             problems += value.problems()
+    problems += cfg.problems()
     problems += cross_checks(cfg)
     if problems:
         raise ConfigError(problems)
@@ -134,8 +136,8 @@ def _coerce(hint: Any, value: Any) -> tuple[bool, Any]:
         return isinstance(value, bool), value
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool), value
-    if hint is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is float:  # NaN and inf are refused: `lr <= 0` is False for NaN, so no later check sees it
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
         return ok, float(value) if ok else None
     if hint is str:
         return isinstance(value, str), value
@@ -148,7 +150,8 @@ def _type_name(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin is list:
         return f"a list of {_type_name(typing.get_args(hint)[0])}"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+    names = {bool: "a boolean", int: "an integer", float: "a finite number", str: "a string"}
+    return names.get(hint, str(hint))
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config") -> RunConfig:

