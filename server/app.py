@@ -18,6 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedlora.config.run_config import config_from_run_config
 from fedlora.config.schema import RunConfig
 from fedlora.logs import setup_logging
+from fedlora.preflight import clear_previous_run, preflight
 from fedlora.strategies.orchestrate import run_server
 from server.stoppable_grid import StoppableGrid
 
@@ -33,6 +34,10 @@ def make_server_app(cfg: RunConfig | None = None, out_dir: Path | None = None,
         run_cfg = cfg if cfg is not None else config_from_run_config(context.run_config)
         default_dir = f"outputs/flwr-{time.strftime('%Y%m%d-%H%M%S')}"
         target = out_dir or Path(run_cfg.resume or run_cfg.output_dir or default_dir)
+        if cfg is None:  # flwr run: nothing has checked the data, model and output directory yet
+            preflight(run_cfg, target)
+            if run_cfg.overwrite:
+                clear_previous_run(target)
         run_server(StoppableGrid(grid, stop) if stop is not None else grid, run_cfg, target)
 
     return app

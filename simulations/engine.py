@@ -54,17 +54,28 @@ def _graceful_ctrl_c(stop: threading.Event) -> Iterator[None]:
 def simulate(cfg: RunConfig, out_dir: Path, worker_logs: bool = True) -> dict[str, Any]:
     """Run ``cfg`` with ``federation.num_clients`` virtual SuperNodes; return the run summary.
 
+    :func:`fedlora.preflight.preflight` runs first, before Ray starts or any weights load, and
+    raises :class:`~fedlora.preflight.PreflightError` listing every problem; nothing in
+    ``out_dir`` changes until it passes. A run that stopped because rounds failed returns its
+    summary with ``status == "failed"``.
+
     ``worker_logs=False`` keeps the clients' log lines (local steps) in Ray's session log files
     instead of forwarding them to this console: a comparison's console shows only its progress.
     """
+    from fedlora.preflight import clear_previous_run, preflight
+
+    out_dir = Path(out_dir)
+    preflight(cfg, out_dir)
+    if cfg.overwrite:
+        clear_previous_run(out_dir)
+
     from flwr.simulation import run_simulation
 
     from client.app import app as client_app
     from server.app import make_server_app
 
-    out_dir = Path(out_dir)
     summary_path = out_dir / "summary.json"
-    summary_path.unlink(missing_ok=True)
+    summary_path.unlink(missing_ok=True)  # a resumed run's old summary (preflight allowed the resume)
     fed = cfg.federation
     # Ray binds its services to the node address: keep them on loopback (single-machine simulation).
     init_args: dict[str, Any] = {

@@ -21,6 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fedlora.config.load import CONF_DIR, ConfigError, build_config
+from fedlora.preflight import PreflightError
 from simulations.engine import simulate
 
 log = logging.getLogger("fedlora.simulations")
@@ -34,14 +35,25 @@ def main(dcfg: DictConfig) -> None:
         print(err, file=sys.stderr)
         sys.exit(2)
     out_dir = Path(cfg.resume or cfg.output_dir or HydraConfig.get().runtime.output_dir)
+    overrides = [o for o in HydraConfig.get().overrides.task
+                 if not o.startswith(("resume=", "output_dir=", "overwrite="))]
+    again = " ".join(shlex.quote(o) for o in [*overrides, f"resume={out_dir}"])
     try:
         summary = simulate(cfg, out_dir)
+    except PreflightError as err:
+        print(err, file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
-        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
-        again = " ".join(shlex.quote(o) for o in [*overrides, f"resume={out_dir}"])
         print(f"\nfedlora: interrupted; every finished round is checkpointed in {out_dir / 'checkpoint'}\n"
               f"  continue with: python -m simulations.run {again}", file=sys.stderr)
         sys.exit(130)
+    if summary.get("status") == "failed":
+        done = summary.get("rounds_done", 0)
+        print(f"\nfedlora: run FAILED after {done} good round(s) of {summary['rounds']}: "
+              f"{summary.get('failure')}\n  rejected replies: {out_dir / 'rejected.jsonl'}\n"
+              f"  after fixing the cause, redo the failed rounds with: python -m simulations.run {again}",
+              file=sys.stderr)
+        sys.exit(1)
     final = summary.get("final", {})
     check = summary.get("export_check", {})
     print(f"\nfedlora: {summary['strategy']} on {summary['model']}/{summary['data']}, "
@@ -49,6 +61,12 @@ def main(dcfg: DictConfig) -> None:
     for key in ("eval_accuracy", "eval_macro_f1", "eval_loss", "eval_perplexity"):
         if key in final:
             print(f"  final {key[5:]}: {final[key]:.4f}")
+    best = summary.get("best_round")
+    if best and best["round"] != summary["rounds"]:
+        name = best["metric"].removeprefix("eval_")
+        print(f"  best round: {best['round']} ({name} {best['value']:.4f}; final {best['final_value']:.4f}); "
+              f"exported: {summary.get('exported_round', {}).get('select', 'last')} "
+              "(export.select=best|last)")
     print(f"  bytes sent: {summary['bytes_total'] / 1e6:.2f} MB (down + up); "
           f"rejected replies: {summary['rejected_replies']}")
     if "adapter_dir" in summary:

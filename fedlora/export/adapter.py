@@ -98,6 +98,7 @@ def load_exported(
     server evaluated it); pass ``'none'`` for a full-precision base.
     """
     adapter_dir = Path(adapter_dir)
+    verify_checksums(adapter_dir)
     manifest = json.loads((adapter_dir / MANIFEST).read_text())
     model_cfg = ModelConfig(**{**manifest["model"], "device": device})
     if quantization is not None:
@@ -124,6 +125,44 @@ def load_exported(
     model = PeftModel.from_pretrained(base, str(adapter_dir))
     model.eval()
     return model, tokenizer, manifest
+
+
+class IntegrityError(ValueError):
+    """An exported file does not match its ``SHA256SUMS`` line (corrupted or edited after export)."""
+
+
+def verify_checksums(adapter_dir: Path) -> list[str]:
+    """Check every file listed in ``SHA256SUMS``; return the names checked.
+
+    Why: an adapter copied between machines can arrive truncated or flipped, and PEFT would load
+    a corrupted float without a word. A directory without ``SHA256SUMS`` (not written by fedlora,
+    or deliberately stripped) is loaded with a warning.
+
+    Raises
+    ------
+    IntegrityError
+        Naming the first file that is missing or whose SHA-256 differs.
+    """
+    sums = Path(adapter_dir) / "SHA256SUMS"
+    if not sums.is_file():
+        log.warning("%s has no SHA256SUMS: its files cannot be checked", adapter_dir)
+        return []
+    checked = []
+    for line in sums.read_text().splitlines():
+        if not line.strip():
+            continue
+        expected, _, name = line.partition("  ")
+        path = Path(adapter_dir) / name
+        if not path.is_file():
+            raise IntegrityError(f"{path}: listed in SHA256SUMS but missing")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != expected:
+            raise IntegrityError(
+                f"{path}: SHA-256 {digest[:16]}... does not match SHA256SUMS ({expected[:16]}...); "
+                "the file is corrupted or was changed after export"
+            )
+        checked.append(name)
+    return checked
 
 
 def _write_checksums(out_dir: Path) -> None:

@@ -7,6 +7,14 @@ from typing import Any
 from fedlora.config.schema import RunConfig
 
 
+def _selected(manifest: dict[str, Any]) -> str:
+    sel = manifest.get("selected") or {}
+    if sel.get("select") == "best":
+        metric = str(sel.get("metric", "")).removeprefix("eval_")
+        return f"{sel.get('round')}, the best by {metric} (export.select=best)"
+    return f"{sel.get('round', manifest.get('rounds'))}, the last (export.select=last)"
+
+
 def model_card(cfg: RunConfig, manifest: dict[str, Any]) -> str:
     """Markdown with how to load the adapter and where it came from."""
     classification = cfg.model.task == "classification"
@@ -55,8 +63,9 @@ or `fedlora.export.load_exported("<this directory>")`, which also restores the l
 | local training | {local}, {lr} |
 | run directory | `{manifest.get("run_dir")}` |
 | adapter checksum | `{manifest.get("state_checksum")}` |
+| exported round | {_selected(manifest)} |
 
-## Final central evaluation
+## Central evaluation of the exported round
 
 | metric | value |
 |---|---|
