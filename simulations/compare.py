@@ -8,8 +8,9 @@
 The ``compare`` section (``conf/compare.yaml``) picks scenarios, strategies, seeds and baselines;
 every other override applies to each run, composed from ``conf/config.yaml`` as
 ``python -m simulations.run`` would. Results go to ``outputs/compare/<compare.name>/``:
-results.md, results.csv, plots/*.png, plan.json and one directory per run. Running the same
-command again resumes: finished runs are kept, interrupted ones continue, changed ones are redone.
+results.md, results.csv, results-paired.csv (each method minus ``compare.reference``, per seed),
+plots/*.png, plan.json and one directory per run. Running the same command again resumes:
+finished runs are kept, interrupted ones continue, changed ones are redone.
 """
 
 from __future__ import annotations
@@ -53,7 +54,10 @@ def runners(verbose: bool = False) -> dict[str, Runner]:
     import flwr.common.logger  # noqa: F401
 
     def federated(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
-        return simulate(cfg, out_dir, worker_logs=verbose)
+        summary = simulate(cfg, out_dir, worker_logs=verbose)
+        if summary.get("status") == "failed":  # recorded as a failed run; the next call resumes it
+            raise RuntimeError(summary.get("failure", "the run failed"))
+        return summary
 
     kinds = {"federated": federated, "centralized": run_centralized, "local": run_local_only}
     return {kind: _fresh_models(run) for kind, run in kinds.items()}

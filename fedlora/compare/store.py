@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlora.compare.plan import RunSpec
+from fedlora.results.checkpoint import has_checkpoint
 
 DONE, STALE, RESUMABLE = "done", "stale", "resumable"
 PARTIAL, FAILED, MISSING = "partial", "failed", "missing"
@@ -66,9 +67,7 @@ def status(out_dir: Path, spec: RunSpec) -> str:
 
 
 def _has_checkpoint(d: Path, spec: RunSpec) -> bool:
-    state = read_json(d / "checkpoint" / "state.json")
-    weights = d / "checkpoint" / "global.safetensors"
-    return spec.kind == "federated" and state is not None and weights.exists()
+    return spec.kind == "federated" and has_checkpoint(d)
 
 
 def begin(out_dir: Path, spec: RunSpec) -> tuple[Path, bool]:

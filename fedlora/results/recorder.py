@@ -60,8 +60,9 @@ class RunRecorder:
         self.clients.append(row)
 
     def add_rejected(self, row: dict[str, Any]) -> None:
-        log.warning("round %s: rejected reply from node %s: %s",
-                    row.get("round"), row.get("node_id"), row["reason"])
+        who = f"partition {row['partition_id']}" if "partition_id" in row else f"node {row.get('node_id')}"
+        log.warning("round %s: rejected %s reply from %s: %s",
+                    row.get("round"), row.get("stage", "train"), who, row["reason"])
         self.rejected.append(row)
 
     def end_round(self, server_round: int, eval_metrics: dict[str, float] | None) -> dict[str, Any]:

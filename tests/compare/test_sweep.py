@@ -45,8 +45,7 @@ class Fake:
                 (out_dir / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")
                 if self.checkpoint and kind == "federated":
                     (out_dir / "checkpoint").mkdir()
-                    (out_dir / "checkpoint" / "state.json").write_text('{"round": 1}')
-                    (out_dir / "checkpoint" / "global.safetensors").write_bytes(b"x")
+                    (out_dir / "checkpoint" / "checkpoint.safetensors").write_bytes(b"x")
                 if n == self.interrupt_at:
                     raise KeyboardInterrupt
                 raise ValueError("boom")

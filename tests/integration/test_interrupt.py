@@ -4,7 +4,6 @@ command resumes after the last checkpointed round."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -22,8 +21,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _checkpointed(out: Path) -> int:
-    path = out / "checkpoint" / "state.json"
-    return json.loads(path.read_text())["round"] if path.exists() else 0
+    from fedlora.results.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        return load_checkpoint(out).round
+    except CheckpointError:
+        return 0
 
 
 def _rounds(out: Path) -> list[int]:
