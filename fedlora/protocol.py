@@ -36,6 +36,7 @@ BASE_MODEL_LOADS = "base-model-loads"
 WORKER_PID = "worker-pid"
 DEVICE = "device"
 NUM_TRAIN_EXAMPLES = "num-train-examples"
+OWN_DATA = "own-data"  # caps: the node trains on its own data file, not a partition of the shared one
 A_HASH = "a-hash"  # ffa: fingerprint of the client's frozen A (fedlora.lora.init.state_hash)
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"

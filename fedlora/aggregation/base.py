@@ -38,7 +38,8 @@ class ClientSpec:
 
 @dataclass(frozen=True)
 class ClientUpdate:
-    """One accepted client reply: its trained adapter state and how many examples it saw."""
+    """One accepted client reply: its trained adapter state and its weight count n_k
+    (see :func:`client_weights` for what n_k counts)."""
 
     spec: ClientSpec
     state: LoraState
@@ -141,7 +142,13 @@ class Aggregator(ABC):
 
 
 def client_weights(updates: Sequence[ClientUpdate]) -> list[float]:
-    """``p_k = n_k / sum(n)``.
+    """``p_k = n_k / sum(n)`` with ``n_k = updates[k].num_examples``.
+
+    What n_k counts is the server's choice (``federation.weighting``, applied by the Flower
+    strategy before the updates reach an aggregator): the node's local dataset size reported at
+    discovery (``dataset``, the default and FedAvg's rule), the examples its validated reply says
+    it saw this round (``examples``), or 1 for every client (``uniform``). Aggregators only see
+    the resulting counts.
 
     Raises
     ------

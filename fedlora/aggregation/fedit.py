@@ -37,7 +37,7 @@ class FedIT(Aggregator):
 
     def init_state(self, initial: GlobalAdapter) -> None:
         self._rank = initial.rank
-        self._state = {k: v.clone() for k, v in initial.state.items()}
+        self._state = _copy(initial.state)
 
     def payload(self, spec: ClientSpec) -> LoraState:
         if spec.rank != self._rank:
@@ -45,7 +45,7 @@ class FedIT(Aggregator):
                 f"fedit needs every client at rank {self._rank}; client {spec.client_id} has rank "
                 f"{spec.rank} (use ffa, flora, flexlora or hetlora for mixed ranks)"
             )
-        return dict(self._state)
+        return _copy(self._state)
 
     def aggregate(self, updates: Sequence[ClientUpdate]) -> dict[str, float]:
         ranks = {u.spec.rank for u in updates} | {self._rank}
@@ -64,10 +64,16 @@ class FedIT(Aggregator):
         return gap_to_oracle(updates, p, result)
 
     def global_adapter(self) -> GlobalAdapter:
-        return GlobalAdapter(state=dict(self._state), rank=self._rank, alpha=self.alpha)
+        return GlobalAdapter(state=_copy(self._state), rank=self._rank, alpha=self.alpha)
 
     def state_dict(self) -> LoraState:
-        return dict(self._state)
+        return _copy(self._state)
 
     def load_state_dict(self, state: LoraState) -> None:
-        self._state = dict(state)
+        self._state = _copy(state)
+
+
+def _copy(state: LoraState) -> LoraState:
+    """Tensor copies: a caller writing to a payload, an adapter or a checkpoint (or the dict it
+    loaded from) must never reach the global state."""
+    return {k: v.clone() for k, v in state.items()}

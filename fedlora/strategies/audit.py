@@ -4,7 +4,8 @@ With ``export.audit=true`` each round gets ``audit/round-NNNN/`` holding
 
 * ``client-<partition>.safetensors``: the accepted client adapter exactly as aggregated (for
   FFA-LoRA, whose clients upload B only, the shared A rows they trained against are added), with
-  metadata ``rank``, ``alpha``, ``scaling``, ``weight`` (p_k), ``num_examples``;
+  metadata ``rank``, ``alpha``, ``scaling``, ``weight`` (p_k), ``num_examples`` (n_k of
+  ``p_k = n_k / sum(n)`` over the round's accepted clients, per ``federation.weighting``);
 * ``global-before.safetensors`` / ``global-after.safetensors``: the global update as factors with
   the scaling folded in (keys ``<module>.B`` and ``<module>.A``, so the update is ``B @ A``) plus
   any head tensor under its own key.

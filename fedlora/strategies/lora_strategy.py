@@ -3,8 +3,10 @@
 Flower's ``Strategy.start`` runs the round loop; this class decides who trains (seeded sampling
 over the nodes discovered by the query round, so the same seed picks the same partitions), what
 each of them receives (the aggregator's per-client payload, so ranks may differ), and what is
-accepted back (:func:`validate_reply`). Bytes are measured on the records actually sent and
-received. The maths stays in :mod:`fedlora.aggregation`.
+accepted back (:mod:`fedlora.strategies.validation`; every rejection is a ``rejected.jsonl`` row
+with its stage and reason) and how much each accepted update weighs (``federation.weighting``).
+Bytes are measured on the records actually sent and received. The maths stays in
+:mod:`fedlora.aggregation`.
 """
 
 from __future__ import annotations
@@ -20,14 +22,18 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedlora import protocol as P
 from fedlora.aggregation import Aggregator, ClientSpec, ClientUpdate
+from fedlora.aggregation.base import client_weights
 from fedlora.config.schema import RunConfig
 from fedlora.lora.codec import record_nbytes, to_arrayrecord
+from fedlora.lora.keys import LoraState
 from fedlora.results import RunRecorder
 from fedlora.strategies.audit import Auditor
-from fedlora.strategies.validation import BadReply, validate_reply
+from fedlora.strategies.run_state import RunProgress
+from fedlora.strategies.validation import BadReply, examples_bound, validate_eval_reply, validate_reply
 from fedlora.training.schedule import lr_for_round
 
 log = logging.getLogger(__name__)
@@ -50,6 +56,7 @@ class _Sent:
     shapes: dict[str, tuple[int, ...]]
     nbytes: int
     partition_id: int
+    payload: LoraState  # what the client starts from: the reply minus this is its update
 
 
 class LoraStrategy(FedAvg):
@@ -66,6 +73,7 @@ class LoraStrategy(FedAvg):
         round_offset: int = 0,
         global_rank: int = 0,
         auditor: Auditor | None = None,
+        progress: RunProgress | None = None,
     ):
         fed = cfg.federation
         super().__init__(
@@ -83,7 +91,9 @@ class LoraStrategy(FedAvg):
         self.round_offset = round_offset
         self.global_rank = global_rank or max(n.rank for n in nodes.values())
         self.auditor = auditor
+        self.progress = progress
         self._sent: dict[int, _Sent] = {}
+        self._eval_sent: set[int] = set()
 
     def _check_frozen_a(self, spec: ClientSpec, metrics: MetricRecord) -> str:
         """FFA-LoRA: the A a client trained against must be the shared one (by its hash)."""
@@ -94,6 +104,22 @@ class LoraStrategy(FedAvg):
         if got is None or int(got) != expected:
             return f"{P.A_HASH} {got!r} does not match the shared A of rank {spec.rank} ({expected})"
         return ""
+
+    def _reject(self, stage: str, rnd: int, node_id: int, reason: str) -> None:
+        """One ``rejected.jsonl`` row: stage ("train"/"evaluate"), round, node, its partition, why."""
+        row: dict[str, Any] = {"stage": stage, "round": rnd, "node_id": node_id}
+        if node_id in self.nodes:
+            row["partition_id"] = self.nodes[node_id].partition_id
+        self.recorder.add_rejected({**row, "reason": reason})
+
+    def _weight_n(self, node_id: int, reported: int) -> int:
+        """n_k of p_k = n_k / sum(n) under ``federation.weighting``: the node's dataset size from
+        discovery (``dataset``, the FedAvg rule; not the client's claim), the reply's validated
+        count (``examples``), or 1 (``uniform``)."""
+        basis = self.cfg.federation.weighting
+        if basis == "dataset":
+            return self.nodes[node_id].num_train_examples
+        return reported if basis == "examples" else 1
 
     # -- sampling and payloads ---------------------------------------------------------------
     def spec_of(self, node: NodeInfo) -> ClientSpec:
@@ -136,7 +162,7 @@ class LoraStrategy(FedAvg):
             frozen = to_arrayrecord(frozen_state, wire) if frozen_state is not None else None
             shapes = {k: tuple(v.shape) for k, v in self.aggregator.reply_template(spec, payload).items()}
             nbytes = record_nbytes(record) + (record_nbytes(frozen) if frozen is not None else 0)
-            self._sent[node.node_id] = _Sent(spec, shapes, nbytes, node.partition_id)
+            self._sent[node.node_id] = _Sent(spec, shapes, nbytes, node.partition_id, payload)
             extra: dict[str, Any] = {P.SERVER_ROUND: rnd, P.LR: lr, P.RANK: spec.rank, P.ALPHA: spec.alpha}
             if self.aggregator.freeze_a:
                 extra.update({P.FREEZE_A: True, P.A_RANK_MAX: self.global_rank})
@@ -156,49 +182,47 @@ class LoraStrategy(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         rnd = server_round + self.round_offset
-        updates, losses, bytes_up, answered = [], [], 0, set()
-        max_bytes = int(self.cfg.federation.max_reply_mb * 1e6)
+        updates, losses, rows, bytes_up, answered = [], [], [], 0, set()
+        fed = self.cfg.federation
         for msg in replies:
             node_id = msg.metadata.src_node_id
             sent = self._sent.get(node_id)
             if sent is None:
-                self.recorder.add_rejected(
-                    {"round": rnd, "node_id": node_id, "reason": "reply from a node not sampled"}
-                )
+                self._reject("train", rnd, node_id, "reply from a node not sampled")
                 continue
             answered.add(node_id)
             try:
                 state, metrics, nbytes = validate_reply(
-                    msg, expected_shapes=sent.shapes, wire_dtype=self.cfg.federation.wire_dtype,
-                    max_bytes=max_bytes,
+                    msg, expected_shapes=sent.shapes, wire_dtype=fed.wire_dtype,
+                    max_bytes=int(fed.max_reply_mb * 1e6), sent=sent.payload,
+                    max_update_norm=fed.max_update_norm,
+                    max_examples=examples_bound(self.cfg.train, self.nodes[node_id].num_train_examples),
                 )
+                if reason := self._check_frozen_a(sent.spec, metrics):
+                    raise BadReply(reason)
             except BadReply as err:
-                self.recorder.add_rejected(
-                    {"round": rnd, "node_id": node_id, "partition_id": sent.partition_id, "reason": str(err)}
-                )
-                continue
-            reason = self._check_frozen_a(sent.spec, metrics)
-            if reason:
-                self.recorder.add_rejected(
-                    {"round": rnd, "node_id": node_id, "partition_id": sent.partition_id, "reason": reason}
-                )
+                self._reject("train", rnd, node_id, str(err))
                 continue
             n = int(metrics[P.NUM_EXAMPLES])
-            updates.append(ClientUpdate(spec=sent.spec, state=state, num_examples=n))
+            updates.append(ClientUpdate(spec=sent.spec, state=state, num_examples=self._weight_n(node_id, n)))
             losses.append((n, float(metrics.get(P.TRAIN_LOSS, math.nan))))
             bytes_up += nbytes
-            self.recorder.add_client(_client_row(rnd, node_id, sent, metrics, nbytes))
-        for node_id in set(self._sent) - answered:
-            self.recorder.add_rejected(
-                {"round": rnd, "node_id": node_id, "partition_id": self._sent[node_id].partition_id,
-                 "reason": "no reply before the round timeout"}
-            )
+            rows.append(_client_row(rnd, node_id, sent, metrics, nbytes))
+        for node_id in sorted(set(self._sent) - answered):
+            self._reject("train", rnd, node_id, "no reply before the round timeout")
+        for row, update, p_k in zip(rows, updates, client_weights(updates) if updates else [], strict=True):
+            self.recorder.add_client({**row, "weight_basis": fed.weighting, "weight_n": update.num_examples,
+                                      "p_k": p_k})
         self.recorder.add(clients=len(updates), rejected=len(self._sent) - len(updates), bytes_up=bytes_up)
         if len(updates) < self.min_train_nodes:
-            log.error(
-                "round %d: only %d good replies (federation.min_train_clients=%d); global state unchanged",
-                rnd, len(updates), self.min_train_nodes,
-            )
+            reason = (f"only {len(updates)} good replies of {len(self._sent)} "
+                      f"(federation.min_train_clients={self.min_train_nodes})")
+            self.recorder.add(failed=True, failure=reason)
+            if self.progress is not None:  # raises RunFailed once too many rounds failed
+                rejected = [r for r in self.recorder.rejected if r.get("round") == rnd]
+                self.progress.round_failed(rnd, reason, rejected)
+            else:
+                log.error("round %d: %s; global state unchanged", rnd, reason)
             return None, None
         agg_metrics = self.aggregator.aggregate(updates)
         if self.auditor is not None:
@@ -223,24 +247,33 @@ class LoraStrategy(FedAvg):
         if adapter.rank_pattern or adapter.alpha_pattern:
             extra[P.RANK_PATTERN] = json.dumps(adapter.rank_pattern)
             extra[P.ALPHA_PATTERN] = json.dumps(adapter.alpha_pattern)
+        self._eval_sent = {n.node_id for n in chosen}
         return [self._message(n, record, extra, MessageType.EVALUATE) for n in chosen]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        good = [m for m in replies if not m.has_error() and P.METRICS in m.content.metric_records]
-        for m in replies:
-            if m.has_error():
-                log.warning("evaluation reply from node %s failed: %s",
-                            m.metadata.src_node_id, m.error.reason)
+        """Weighted mean (by ``num-examples``) of the good evaluation replies; bad ones are recorded."""
+        rnd = server_round + self.round_offset
+        good: list[MetricRecord] = []
+        rejected_before, answered = len(self.recorder.rejected), set()
+        for msg in replies:
+            node_id = msg.metadata.src_node_id
+            answered.add(node_id)
+            try:
+                if node_id not in self._eval_sent:
+                    raise BadReply("reply from a node not sampled")
+                good.append(validate_eval_reply(msg))
+            except BadReply as err:
+                self._reject("evaluate", rnd, node_id, str(err))
+        for node_id in sorted(self._eval_sent - answered):
+            self._reject("evaluate", rnd, node_id, "no reply before the round timeout")
+        if self._eval_sent or answered:
+            self.recorder.add(rejected_evaluate=len(self.recorder.rejected) - rejected_before)
+        self._eval_sent = set()
         if not good:
             return None
-        weights = [int(m.content.metric_records[P.METRICS][P.NUM_EXAMPLES]) for m in good]
-        keys = [k for k in good[0].content.metric_records[P.METRICS] if k != P.NUM_EXAMPLES]
-        out = {}
-        for key in keys:
-            vals = [float(m.content.metric_records[P.METRICS][key]) for m in good]
-            out[key] = sum(w * v for w, v in zip(weights, vals, strict=True)) / sum(weights)
+        out = mean_metrics(good)
         self.recorder.add(**{f"fed_{k.replace('-', '_')}": v for k, v in out.items()})
-        return MetricRecord(out)
+        return out
 
     def summary(self) -> None:
         log.info(
@@ -253,6 +286,15 @@ class LoraStrategy(FedAvg):
 def _snake(metrics: dict[str, float]) -> dict[str, float]:
     """Flower's kebab-case metric names as the snake_case columns of the metric files."""
     return {k.replace("-", "_"): v for k, v in metrics.items()}
+
+
+def mean_metrics(records: list[MetricRecord]) -> MetricRecord:
+    """Flower's ``num-examples``-weighted mean over the metrics every record holds (a metric only
+    some clients report would otherwise be averaged with the others' weights missing)."""
+    common = set.intersection(*(set(r) for r in records))
+    dicts = [RecordDict({P.METRICS: MetricRecord({k: v for k, v in r.items() if k in common})})
+             for r in records]
+    return aggregate_metricrecords(dicts, P.NUM_EXAMPLES)
 
 
 def _client_row(rnd: int, node_id: int, sent: _Sent, metrics: MetricRecord, nbytes: int) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from fedlora.models.build import base_model_loads, build_lora_model, load_tokeni
 from fedlora.protocol import A_HASH as P_A_HASH
 from fedlora.protocol import A_RANK_MAX as P_A_RANK_MAX
 from fedlora.training.evaluate import evaluate
+from fedlora.training.faults import apply_faults
 from fedlora.training.local import train_local
 
 
@@ -87,6 +88,7 @@ def describe(cfg: RunConfig, facts: NodeFacts) -> dict[str, Any]:
         "device": facts.device,
         "quantization": facts.quantization,
         "num-train-examples": len(data.train),
+        "own-data": facts.data_path != cfg.data.path,  # else a partition of the shared corpus
         "worker-pid": os.getpid(),
     }
 
@@ -187,7 +189,7 @@ def train_round(
         metrics[P_A_HASH] = state_hash(a_now)
         out = {k: v for k, v in out.items() if k not in a_part}
     activate(model, trainable)  # leave no frozen adapter active for the next caller
-    return out, metrics
+    return apply_faults(cfg, facts.partition_id, plan.server_round, out, metrics)  # simulated bad clients
 
 
 def evaluate_round(

@@ -63,22 +63,32 @@ def test_exact_strategies_in_float32_stay_within_1e_4(name):
         assert metrics["agg-rel-error"] <= 1e-4
 
 
-@pytest.mark.parametrize("name", MIXED)
-def test_inputs_are_never_mutated(name):
+@pytest.mark.parametrize("name", ["fedit", *MIXED])
+def test_inputs_are_never_mutated_and_outputs_are_copies(name):
+    """Every strategy: aggregate leaves its inputs alone, and what payload, frozen, global_adapter
+    and state_dict return are copies (a caller scribbling on them must not reach the global state)."""
     init = initial()
     init_copy = {k: v.clone() for k, v in init.state.items()}
     agg = get_aggregator(name)(alpha=ALPHA)
     agg.init_state(init)
-    updates = replies(agg, [4, 8, 16], [1, 2, 3], seed=9)
+    ranks = [16, 16, 16] if name == "fedit" else [4, 8, 16]  # fedit: one rank for all
+    updates = replies(agg, ranks, [1, 2, 3], seed=9)
     copies = [{k: v.clone() for k, v in u.state.items()} for u in updates]
     agg.aggregate(updates)
-    payload = agg.payload(ClientSpec("c", 8, ALPHA))
-    for t in payload.values():
-        t.add_(1.0)  # a caller scribbling on a payload must not reach the global state
-    agg.aggregate(replies(agg, [8], [1], seed=3))
-    assert all(torch.equal(init.state[k], v) for k, v in init_copy.items())
     for u, c in zip(updates, copies, strict=True):
         assert all(torch.equal(u.state[k], v) for k, v in c.items())
+    before = {k: v.clone() for k, v in agg.state_dict().items()}
+    spec = ClientSpec("c", ranks[1], ALPHA)
+    outputs = {"payload": agg.payload(spec), "frozen": agg.frozen(spec) or {},
+               "global_adapter": agg.global_adapter().state, "state_dict": agg.state_dict()}
+    for method, out in outputs.items():
+        for t in out.values():
+            if t.is_floating_point():
+                t.add_(1.0)
+        after = agg.state_dict()
+        assert all(torch.equal(after[k], v) for k, v in before.items()), f"{name}.{method} shares tensors"
+    agg.aggregate(replies(agg, [ranks[1]], [1], seed=3))
+    assert all(torch.equal(init.state[k], v) for k, v in init_copy.items())
 
 
 def _snapshot(agg, specs):

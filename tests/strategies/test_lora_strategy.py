@@ -34,9 +34,9 @@ class FakeGrid:
         return list(self.ids)
 
 
-def _strategy(tmp_path, fraction=1.0, min_clients=2):
+def _strategy(tmp_path, fraction=1.0, min_clients=2, extra=()):
     cfg = compose(["preset=smoke", "federation.num_clients=4", f"federation.fraction_train={fraction}",
-                   f"federation.min_train_clients={min_clients}"])
+                   f"federation.min_train_clients={min_clients}", *extra])
     agg = get_aggregator("fedit")(alpha=8.0)
     agg.init_state(GlobalAdapter(random_state(SHAPES, 0, torch.float32), 4, 8.0))
     nodes = {100 + i: NodeInfo(100 + i, i, 4, "cpu", 50) for i in range(4)}
@@ -78,13 +78,13 @@ def test_partial_participation_is_seeded_and_respects_minimum(tmp_path):
 
 
 def test_bad_replies_are_rejected_with_reasons_and_round_goes_on(tmp_path):
-    strategy, agg = _strategy(tmp_path)
+    strategy, agg = _strategy(tmp_path, extra=["federation.weighting=examples"])
     list(strategy.configure_train(1, ArrayRecord(), ConfigRecord(), FakeGrid([100, 101, 102, 103])))
     good1, good2 = random_state(SHAPES, 1, torch.float32), random_state(SHAPES, 2, torch.float32)
     nan = random_state(SHAPES, 3, torch.float32)
     nan["m.q.lora_B.weight"][0, 0] = math.nan
     wrong_rank = random_state({**SHAPES, "m.q.lora_A.weight": (8, 6)}, 4, torch.float32)
-    replies = [_reply(100, good1, n=10), _reply(101, good2, n=30), _reply(102, nan),
+    replies = [_reply(100, good1, n=6), _reply(101, good2, n=18), _reply(102, nan),
                _reply(103, wrong_rank), _reply(999, good1)]
     _, metrics = strategy.aggregate_train(1, replies)
     reasons = {r["node_id"]: r["reason"] for r in strategy.recorder.rejected}
