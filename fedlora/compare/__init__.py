@@ -5,7 +5,8 @@
 (scenarios x seeds x methods, every run composed and validated up front),
 :mod:`~fedlora.compare.store` (done/resume markers per run directory),
 :mod:`~fedlora.compare.execute` (the loop, progress and ETA), :mod:`~fedlora.compare.stats`
-(Student-t intervals), :mod:`~fedlora.compare.table`, :mod:`~fedlora.compare.report` and
+(Student-t intervals), :mod:`~fedlora.compare.table`, :mod:`~fedlora.compare.paired` (differences
+to a reference method, seed by seed), :mod:`~fedlora.compare.report` and
 :mod:`~fedlora.compare.plots`. Flower is not imported here: the runners are passed in.
 """
 

@@ -3,7 +3,9 @@
 The CSV keeps full precision and every statistic (mean, CI half-width, lo, hi, n per value) for
 tools; the Markdown shows what a reader compares: final and best headline metric as
 ``mean ± half-width``, the other metrics' final values, traffic, wall time and the aggregation
-gap, one table per scenario.
+gap, one table per scenario; then the paired view (:mod:`fedlora.compare.paired`): each method minus
+the reference on the same seeds, which tells methods apart where the per-method intervals overlap
+(``results-paired.csv`` has every metric, final and best).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlora.compare import store
+from fedlora.compare.paired import PairedView, paired_view, write_paired_csv
 from fedlora.compare.plan import SweepPlan
 from fedlora.compare.table import BASELINE_LABELS, load_results, lower_is_better, summary_rows
 
@@ -50,8 +53,8 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def markdown(plan: SweepPlan, rows: list[dict[str, Any]], failed: dict[str, str],
-             plots: dict[str, list[Path]]) -> str:
-    """The report as Markdown."""
+             plots: dict[str, list[Path]], paired: PairedView | None = None) -> str:
+    """The report as Markdown (with the paired section after the scenario tables when given)."""
     s, head = plan.settings, plan.metrics[0]
     ref = plan.runs[0].cfg
     pct = round(s.confidence * 100)
@@ -90,8 +93,48 @@ def markdown(plan: SweepPlan, rows: list[dict[str, Any]], failed: dict[str, str]
         if images:
             lines += [""] + [f"![{p.stem}]({p.as_posix()})" for p in images]
         lines.append("")
+    if paired is not None:
+        lines += paired_section(paired, [sc.name for sc in s.scenarios])
     lines += _status_lines(plan, rows, failed)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def paired_section(view: PairedView, scenarios: list[str]) -> list[str]:
+    """The "Paired differences to <reference>" section: the headline metric's final and best value,
+    method minus reference, per scenario; a one-line note for a scenario without the reference."""
+    head, ref, pct = view.metrics[0], view.reference, round(view.confidence * 100)
+    direction = "lower" if lower_is_better(head) else "higher"
+    lines = [f"## Paired differences to {ref}", "",
+             f"Per seed, each method's {head} minus {ref}'s on the same seed (same partitions, initial "
+             f"adapter and client sampling), then mean ± half-width of the {pct}% Student-t interval over "
+             f"the seeds both finished (*pairs*). The noise that seeds share cancels, so this can separate "
+             f"methods whose intervals above overlap. Verdict ({direction} is better): *better* / *worse* "
+             "when the interval excludes 0, *no clear difference* when it contains 0 (no detectable "
+             "difference with these seeds, not evidence of equality), *n<2* with fewer than 2 pairs. "
+             "Every metric, final and best: `results-paired.csv`.", ""]
+    for scenario in scenarios:
+        if scenario in view.skipped:
+            lines += [f"- `{scenario}`: no paired view; {view.skipped[scenario]}.", ""]
+            continue
+        sc_rows = view.scenario_rows(scenario)
+        if not sc_rows:
+            continue
+        header = ["method", "pairs", f"Δ final {short(head)}", "verdict", f"Δ best {short(head)}", "verdict"]
+        lines += [f"### {scenario}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for method in dict.fromkeys(r["method"] for r in sc_rows):
+            final, best = (view.row(scenario, method, head, w) or {} for w in ("final", "best"))
+            cells = [BASELINE_LABELS.get(method, method), str(final.get("n", 0)), _signed(final),
+                     final.get("verdict", "n<2"), _signed(best), best.get("verdict", "n<2")]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def _signed(row: dict[str, Any], fmt: str = ".4f") -> str:
+    mean, half = row.get("mean", math.nan), row.get("ci", math.nan)
+    if math.isnan(mean):
+        return "–"
+    return _num(mean, "+" + fmt) + ("" if math.isnan(half) else f" ± {_num(half, fmt)}")
 
 
 def _status_lines(plan: SweepPlan, rows: list[dict[str, Any]], failed: dict[str, str]) -> list[str]:
@@ -117,19 +160,22 @@ def failed_runs(plan: SweepPlan, out_dir: Path) -> dict[str, str]:
 
 
 def write_report(plan: SweepPlan, out_dir: Path, with_plots: bool = True) -> dict[str, Any]:
-    """Write results.csv, results.md and the plots; return paths and the table rows."""
+    """Write results.csv, results-paired.csv, results.md and the plots; return paths and the rows."""
     out_dir = Path(out_dir)
     results = load_results(plan, out_dir)
     failed = failed_runs(plan, out_dir)
     rows = summary_rows(plan, results)
     write_csv(rows, out_dir / "results.csv")
+    paired = paired_view(plan, results)
+    write_paired_csv(paired, out_dir / "results-paired.csv")
     plots: dict[str, list[Path]] = {}
     if with_plots and results:
         from fedlora.compare.plots import plot_scenarios
 
         plots = plot_scenarios(plan, results, out_dir / "plots")
     rel = {k: [p.relative_to(out_dir) for p in v] for k, v in plots.items()}
-    text = markdown(plan, rows, failed, rel)
+    text = markdown(plan, rows, failed, rel, paired)
     (out_dir / "results.md").write_text(text)
     return {"csv": out_dir / "results.csv", "markdown": out_dir / "results.md", "rows": rows, "text": text,
+            "paired_csv": out_dir / "results-paired.csv", "paired": paired,
             "plots": [p for v in plots.values() for p in v], "failed": failed}

@@ -42,6 +42,7 @@ class CompareSettings:
     strategies: tuple[str, ...] = ()
     baselines: tuple[str, ...] = BASELINES
     metrics: tuple[str, ...] = ()
+    reference: str = "fedit"
     confidence: float = 0.95
     run_overrides: tuple[str, ...] = ()
     max_runs: int = 0
@@ -157,13 +158,17 @@ def parse_settings(tree: Mapping[str, Any]) -> CompareSettings:
     for key in ("name", "out_dir"):
         if not isinstance(tree.get(key), str) or not tree.get(key):
             problems.append(f"compare.{key}: expected a non-empty string, got {tree.get(key)!r}")
+    reference = tree.get("reference", "fedit")
+    if not isinstance(reference, str) or not reference:
+        problems.append(f"compare.reference: expected a strategy or baseline name, got {reference!r}")
+        reference = "fedit"
     settings = CompareSettings(
         name=str(tree.get("name")), out_dir=str(tree.get("out_dir")), seeds=tuple(seeds),
         scenarios=tuple(scenarios),
         default_strategies=_str_list(tree.get("default_strategies"), "compare.default_strategies", problems),
         strategies=_str_list(tree.get("strategies"), "compare.strategies", problems),
         baselines=baselines, metrics=_str_list(tree.get("metrics"), "compare.metrics", problems),
-        confidence=float(confidence),
+        reference=reference, confidence=float(confidence),
         run_overrides=_str_list(tree.get("run_overrides"), "compare.run_overrides", problems),
         max_runs=max_runs, catalog=catalog, **flags,
     )
