@@ -10,30 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import psutil
 import pytest
 
 from fedlora.config import compose
 from fedlora.results import read_jsonl
-from fedlora.results.checkpoint import CheckpointError, load_checkpoint
+from tests.integration.runs import ROOT, checkpointed_round, start_run, wait_for_checkpoint
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ["preset=smoke", "federation.num_rounds=4"]
-
-
-def _round(out: Path) -> int:
-    try:
-        return load_checkpoint(out).round
-    except CheckpointError:
-        return -1
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
@@ -58,19 +47,13 @@ def test_sigkill_after_round_2_then_resume_gives_identical_bytes(tmp_path):
     killed = tmp_path / "killed"
     log = tmp_path / "console.txt"
     with log.open("w") as console:
-        proc = subprocess.Popen([sys.executable, "-m", "simulations.run", *SMOKE, f"output_dir={killed}"],
-                                cwd=ROOT, stdout=console, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = start_run([*SMOKE, f"output_dir={killed}"], console)
         try:
-            deadline = time.monotonic() + 400
-            while _round(killed) < 2:
-                assert proc.poll() is None, log.read_text()[-3000:]
-                assert time.monotonic() < deadline, "round 2 did not finish in time"
-                time.sleep(0.2)
+            wait_for_checkpoint(proc, killed, 2, log, timeout_s=400)
         finally:
             _kill_tree(proc)
     assert proc.returncode == -signal.SIGKILL
-    done = _round(killed)
+    done = checkpointed_round(killed)
     assert 2 <= done < 4, done
     assert not (killed / "summary.json").exists()
     original_config = (killed / "config.yaml").read_text()
@@ -109,7 +92,7 @@ def test_a_run_where_every_client_fails_exits_1_and_resume_redoes_the_round(tmp_
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "failed" and "adapter_dir" not in summary
     assert not (out / "adapter").exists()
-    assert _round(out) == 1  # the failed round is not checkpointed as done
+    assert checkpointed_round(out) == 1  # the failed round is not checkpointed as done
     assert {r["round"] for r in read_jsonl(out / "rejected.jsonl")} == {2}
 
     resumed = simulate(compose(["preset=smoke", f"resume={out}", "export.select=best"]), out)

@@ -4,29 +4,16 @@ command resumes after the last checkpointed round."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from fedlora.config import compose
 from fedlora.results import read_jsonl
+from tests.integration.runs import checkpointed_round, start_run, wait_for_checkpoint
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _checkpointed(out: Path) -> int:
-    from fedlora.results.checkpoint import CheckpointError, load_checkpoint
-
-    try:
-        return load_checkpoint(out).round
-    except CheckpointError:
-        return 0
 
 
 def _rounds(out: Path) -> list[int]:
@@ -38,15 +25,9 @@ def test_ctrl_c_ends_the_run_and_it_resumes(tmp_path):
     overrides = ["preset=smoke", "federation.num_rounds=200", f"output_dir={out}"]
     log = tmp_path / "console.txt"  # a file, not a pipe: an unread pipe would block the run
     with log.open("w") as console:
-        proc = subprocess.Popen([sys.executable, "-m", "simulations.run", *overrides], cwd=ROOT,
-                                stdout=console, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = start_run(overrides, console)
         try:
-            deadline = time.monotonic() + 600
-            while _checkpointed(out) < 1:
-                assert proc.poll() is None, log.read_text()[-3000:]
-                assert time.monotonic() < deadline, "no round finished in 10 minutes"
-                time.sleep(0.5)
+            wait_for_checkpoint(proc, out, 1, log, timeout_s=600)
             proc.send_signal(signal.SIGINT)
             # Bounded so that a regression fails rather than hangs: without the graceful stop this
             # waited for federation.round_timeout_s (an hour) per remaining round.
@@ -62,7 +43,7 @@ def test_ctrl_c_ends_the_run_and_it_resumes(tmp_path):
 
     from simulations.engine import simulate
 
-    done = _checkpointed(out)
+    done = checkpointed_round(out)
     cfg = compose(["preset=smoke", f"output_dir={out}", f"federation.num_rounds={done + 1}", f"resume={out}"])
     summary = simulate(cfg, out)
     assert _rounds(out) == list(range(done + 2))
