@@ -1,81 +1,76 @@
-"""fedlora ClientApp: decode the message, call :mod:`fedlora.training.client_task`, encode the reply.
+"""fedlora ClientApp: turn a Message into a plain task, have it run, turn the reply into a Message.
 
 The run config arrives in every message (as YAML bytes), so the same ClientApp serves the
 in-process simulation and ``flwr run`` deployments; per-node facts come from the node config.
+
+With ``worker="<socket path>"`` in the node config the task is forwarded to the node's resident
+worker (``python -m fedlora.deploy.worker``), which keeps the base model in memory across rounds;
+this module then imports nothing heavier than Flower and numpy, because Flower 1.41 starts a
+fresh ClientApp process for every message. Without a worker the task runs here, in process.
 """
 
 from __future__ import annotations
 
-import json
+from typing import Any
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedlora import protocol as P
-from fedlora.config.schema import RunConfig
-from fedlora.logs import setup_logging
-from fedlora.lora.codec import from_arrayrecord, to_arrayrecord
-from fedlora.training.client_task import (
-    NodeFacts,
-    RoundPlan,
-    config_from_yaml,
-    describe,
-    evaluate_round,
-    node_facts,
-    train_round,
-)
+from fedlora.deploy.messages import ClientTask, TaskReply
 
 app = ClientApp()
 
 
-def _decode(msg: Message, context: Context) -> tuple[RunConfig, NodeFacts, ConfigRecord]:
-    setup_logging()
-    config = msg.content.config_records[P.CONFIG]
-    cfg = config_from_yaml(bytes(config[P.CFG_YAML]).decode())
-    return cfg, node_facts(cfg, context.node_config), config
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, list | tuple) else value
 
 
-def _labels(config: ConfigRecord) -> list[str] | None:
-    return [str(x) for x in config[P.LABELS]] if P.LABELS in config else None
+def to_task(kind: str, msg: Message, context: Context) -> ClientTask:
+    """The message's records and this node's config as plain values and numpy arrays."""
+    content = msg.content
+    return ClientTask(
+        kind=kind,
+        configs={name: {k: _plain(v) for k, v in rec.items()}
+                 for name, rec in content.config_records.items()},
+        arrays={name: {k: a.numpy() for k, a in rec.items()} for name, rec in content.array_records.items()},
+        node_config=dict(context.node_config),
+    )
+
+
+def to_content(reply: TaskReply) -> RecordDict:
+    """A reply's records as Flower records."""
+    records: dict[str, Any] = {name: ConfigRecord(values) for name, values in reply.configs.items()}
+    records.update({name: MetricRecord(values) for name, values in reply.metrics.items()})
+    records.update({name: ArrayRecord(array_dict={k: Array(v) for k, v in arrays.items()})
+                    for name, arrays in reply.arrays.items()})
+    return RecordDict(records)
+
+
+def handle(kind: str, msg: Message, context: Context) -> Message:
+    """Run one task here or on the node's worker, and answer the message."""
+    task = to_task(kind, msg, context)
+    worker = str(task.node_config.get("worker", "")).strip()
+    if worker:
+        from fedlora.deploy.proxy import call_worker
+
+        reply = call_worker(worker, task)
+    else:
+        from fedlora.deploy.tasks import run_task  # the heavy imports: torch, transformers, peft
+
+        reply = run_task(task)
+    return Message(to_content(reply), reply_to=msg)
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    cfg, facts, _ = _decode(msg, context)
-    return Message(RecordDict({P.CAPS: ConfigRecord(describe(cfg, facts))}), reply_to=msg)
-
-
-def _patterns(config: ConfigRecord) -> tuple[dict[str, int] | None, dict[str, float] | None]:
-    ranks = json.loads(str(config[P.RANK_PATTERN])) if P.RANK_PATTERN in config else None
-    alphas = json.loads(str(config[P.ALPHA_PATTERN])) if P.ALPHA_PATTERN in config else None
-    return ranks, alphas
+    return handle("query", msg, context)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    cfg, facts, config = _decode(msg, context)
-    wire = str(config[P.WIRE_DTYPE])
-    frozen = msg.content.array_records.get(P.FROZEN)
-    plan = RoundPlan(
-        server_round=int(config[P.SERVER_ROUND]), lr=float(config[P.LR]), rank=int(config[P.RANK]),
-        alpha=float(config[P.ALPHA]), labels=_labels(config),
-        frozen=from_arrayrecord(frozen, wire) if frozen is not None else None,
-        freeze_a=bool(config.get(P.FREEZE_A, False)), a_rank_max=int(config.get(P.A_RANK_MAX, 0)),
-    )
-    start = from_arrayrecord(msg.content.array_records[P.ARRAYS], wire)
-    state, metrics = train_round(cfg, facts, start, plan)
-    reply = RecordDict({P.ARRAYS: to_arrayrecord(state, wire), P.METRICS: MetricRecord(metrics)})
-    return Message(reply, reply_to=msg)
+    return handle("train", msg, context)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    cfg, facts, config = _decode(msg, context)
-    wire = str(config[P.WIRE_DTYPE])
-    ranks, alphas = _patterns(config)
-    metrics = evaluate_round(
-        cfg, facts, from_arrayrecord(msg.content.array_records[P.ARRAYS], wire),
-        rank=int(config[P.RANK]), alpha=float(config[P.ALPHA]), labels=_labels(config),
-        rank_pattern=ranks, alpha_pattern=alphas,
-    )
-    return Message(RecordDict({P.METRICS: MetricRecord(metrics)}), reply_to=msg)
+    return handle("evaluate", msg, context)

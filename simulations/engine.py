@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -72,8 +73,12 @@ def simulate(cfg: RunConfig, out_dir: Path, worker_logs: bool = True) -> dict[st
     from flwr.simulation import run_simulation
 
     from client.app import app as client_app
+    from fedlora.training.node import SIMULATION_ENV
     from server.app import make_server_app
 
+    # The virtual nodes are this user's processes: they read the run config's data and model
+    # (a deployed node decides those in its node config). Ray's workers inherit the variable.
+    os.environ[SIMULATION_ENV] = "1"
     summary_path = out_dir / "summary.json"
     summary_path.unlink(missing_ok=True)  # a resumed run's old summary (preflight allowed the resume)
     fed = cfg.federation

@@ -173,6 +173,12 @@ def to_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
 
 
+def node_view(cfg: RunConfig) -> RunConfig:
+    """The config as shipped to clients: the server's own state (run directory, resume, overwrite)
+    removed, so a node never checks or needs paths that exist only on the server."""
+    return dataclasses.replace(cfg, output_dir="", resume="", overwrite=False)
+
+
 def from_yaml(text: str) -> RunConfig:
     """Parse and validate YAML written by :func:`to_yaml`."""
     return build_config(yaml.safe_load(text))

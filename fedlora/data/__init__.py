@@ -17,6 +17,7 @@ from fedlora.data.formatting import (
     tokenize_dataset,
 )
 from fedlora.data.formatting import clear_cache as clear_token_cache
+from fedlora.data.node_data import load_node_data
 from fedlora.data.partition import (
     ClientData,
     FederatedSplits,
@@ -41,6 +42,7 @@ __all__ = [
     "label_names",
     "load_central_test",
     "load_client_data",
+    "load_node_data",
     "load_source",
     "make_collator",
     "pad_token_id",
@@ -50,5 +52,8 @@ __all__ = [
 
 def clear_caches() -> None:
     """Forget memoised splits, client data and tokenized datasets of this process."""
+    from fedlora.data import node_data
+
     clear_split_cache()
     clear_token_cache()
+    node_data.clear_cache()

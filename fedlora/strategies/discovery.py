@@ -43,7 +43,8 @@ def check_caps(caps: Any, node_id: int, cfg: RunConfig) -> tuple[NodeInfo | None
 
     Checks: the report is a ConfigRecord; ``partition-id`` a non-negative integer; ``rank`` an
     integer in ``1..lora.max_rank`` and, for a strategy that does not accept mixed ranks (fedit),
-    equal to ``lora.r``; ``num-train-examples`` a positive integer.
+    equal to ``lora.r``; ``num-train-examples`` a positive integer; ``num-eval-examples`` (optional)
+    a non-negative integer (a node without held-out data is not asked to evaluate).
     """
     if not isinstance(caps, ConfigRecord):
         return None, f"the query reply holds no ConfigRecord {P.CAPS!r}"
@@ -59,8 +60,11 @@ def check_caps(caps: Any, node_id: int, cfg: RunConfig) -> tuple[NodeInfo | None
                       "(it does not accept mixed ranks; ffa, flora, flexlora and hetlora do)")
     if not _is_int(n) or n <= 0:
         return None, f"{P.NUM_TRAIN_EXAMPLES!r} must be a positive integer, got {n!r}"
+    n_eval = caps.get(P.NUM_EVAL_EXAMPLES, -1)
+    if not _is_int(n_eval) or n_eval < -1:
+        return None, f"{P.NUM_EVAL_EXAMPLES!r} must be a non-negative integer, got {n_eval!r}"
     info = NodeInfo(node_id=node_id, partition_id=pid, rank=rank, device=str(caps.get(P.DEVICE, "?")),
-                    num_train_examples=n)
+                    num_train_examples=n, num_eval_examples=n_eval)
     return info, ""
 
 

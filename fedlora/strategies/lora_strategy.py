@@ -22,7 +22,6 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedlora import protocol as P
 from fedlora.aggregation import Aggregator, ClientSpec, ClientUpdate
@@ -32,6 +31,7 @@ from fedlora.lora.codec import record_nbytes, to_arrayrecord
 from fedlora.lora.keys import LoraState
 from fedlora.results import RunRecorder
 from fedlora.strategies.audit import Auditor
+from fedlora.strategies.rows import client_row, mean_metrics, snake
 from fedlora.strategies.run_state import RunProgress
 from fedlora.strategies.validation import BadReply, examples_bound, validate_eval_reply, validate_reply
 from fedlora.training.schedule import lr_for_round
@@ -48,6 +48,7 @@ class NodeInfo:
     rank: int
     device: str
     num_train_examples: int
+    num_eval_examples: int = -1  # -1: not reported; 0: the node has no held-out data to evaluate on
 
 
 @dataclass
@@ -125,11 +126,13 @@ class LoraStrategy(FedAvg):
     def spec_of(self, node: NodeInfo) -> ClientSpec:
         return ClientSpec(client_id=str(node.partition_id), rank=node.rank, alpha=self.cfg.lora.alpha)
 
-    def sample(self, grid: Grid, server_round: int, fraction: float, minimum: int) -> list[NodeInfo]:
-        """Seeded sample over connected nodes ordered by partition id (reproducible runs)."""
+    def sample(self, grid: Grid, server_round: int, fraction: float, minimum: int,
+               evaluating: bool = False) -> list[NodeInfo]:
+        """Seeded sample over connected nodes ordered by partition id (reproducible runs); for
+        evaluation only over nodes that have held-out data."""
         connected = set(grid.get_node_ids())
-        pool = sorted((n for n in self.nodes.values() if n.node_id in connected),
-                      key=lambda n: n.partition_id)
+        pool = sorted((n for n in self.nodes.values() if n.node_id in connected
+                       and not (evaluating and n.num_eval_examples == 0)), key=lambda n: n.partition_id)
         k = min(len(pool), max(math.ceil(fraction * len(pool)), minimum))
         rng = random.Random(f"{self.cfg.federation.seed}-{server_round}")
         return sorted(rng.sample(pool, k), key=lambda n: n.partition_id)
@@ -172,7 +175,7 @@ class LoraStrategy(FedAvg):
             rnd, len(chosen), len(self.nodes), [n.partition_id for n in chosen], lr,
         )
         self.recorder.add(lr=lr, bytes_down=sum(s.nbytes for s in self._sent.values()),
-                          **_snake(self.aggregator.payload_metrics()))
+                          **snake(self.aggregator.payload_metrics()))
         if self.auditor is not None:
             self.auditor.start_round(rnd, self.aggregator)
         return messages
@@ -207,7 +210,8 @@ class LoraStrategy(FedAvg):
             updates.append(ClientUpdate(spec=sent.spec, state=state, num_examples=self._weight_n(node_id, n)))
             losses.append((n, float(metrics.get(P.TRAIN_LOSS, math.nan))))
             bytes_up += nbytes
-            rows.append(_client_row(rnd, node_id, sent, metrics, nbytes))
+            rows.append(client_row("train", rnd, node_id, sent.partition_id, sent.spec.rank, metrics,
+                                   bytes_down=sent.nbytes, bytes_up=nbytes))
         for node_id in sorted(set(self._sent) - answered):
             self._reject("train", rnd, node_id, "no reply before the round timeout")
         for row, update, p_k in zip(rows, updates, client_weights(updates) if updates else [], strict=True):
@@ -229,7 +233,7 @@ class LoraStrategy(FedAvg):
             self.auditor.write(updates, self.aggregator)
         total = sum(n for n, _ in losses)
         train_loss = sum(n * loss for n, loss in losses) / total
-        self.recorder.add(train_loss=train_loss, **_snake(agg_metrics))
+        self.recorder.add(train_loss=train_loss, **snake(agg_metrics))
         record = to_arrayrecord(self.aggregator.global_adapter().state, self.cfg.federation.wire_dtype)
         return record, MetricRecord({P.TRAIN_LOSS: train_loss, **agg_metrics})
 
@@ -242,7 +246,7 @@ class LoraStrategy(FedAvg):
         rnd = server_round + self.round_offset
         adapter = self.aggregator.global_adapter()
         record = to_arrayrecord(adapter.state, self.cfg.federation.wire_dtype)
-        chosen = self.sample(grid, rnd, self.fraction_evaluate, self.min_evaluate_nodes)
+        chosen = self.sample(grid, rnd, self.fraction_evaluate, self.min_evaluate_nodes, evaluating=True)
         extra: dict[str, Any] = {P.SERVER_ROUND: rnd, P.RANK: adapter.rank, P.ALPHA: adapter.alpha}
         if adapter.rank_pattern or adapter.alpha_pattern:
             extra[P.RANK_PATTERN] = json.dumps(adapter.rank_pattern)
@@ -261,7 +265,11 @@ class LoraStrategy(FedAvg):
             try:
                 if node_id not in self._eval_sent:
                     raise BadReply("reply from a node not sampled")
-                good.append(validate_eval_reply(msg))
+                metrics = validate_eval_reply(msg)
+                good.append(metrics)
+                node = self.nodes[node_id]
+                self.recorder.add_client(
+                    client_row("evaluate", rnd, node_id, node.partition_id, node.rank, metrics))
             except BadReply as err:
                 self._reject("evaluate", rnd, node_id, str(err))
         for node_id in sorted(self._eval_sent - answered):
@@ -281,26 +289,3 @@ class LoraStrategy(FedAvg):
             self.aggregator.name, len(self.nodes), self.fraction_train, self.min_train_nodes,
             self.cfg.federation.wire_dtype,
         )
-
-
-def _snake(metrics: dict[str, float]) -> dict[str, float]:
-    """Flower's kebab-case metric names as the snake_case columns of the metric files."""
-    return {k.replace("-", "_"): v for k, v in metrics.items()}
-
-
-def mean_metrics(records: list[MetricRecord]) -> MetricRecord:
-    """Flower's ``num-examples``-weighted mean over the metrics every record holds (a metric only
-    some clients report would otherwise be averaged with the others' weights missing)."""
-    common = set.intersection(*(set(r) for r in records))
-    dicts = [RecordDict({P.METRICS: MetricRecord({k: v for k, v in r.items() if k in common})})
-             for r in records]
-    return aggregate_metricrecords(dicts, P.NUM_EXAMPLES)
-
-
-def _client_row(rnd: int, node_id: int, sent: _Sent, metrics: MetricRecord, nbytes: int) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "round": rnd, "node_id": node_id, "partition_id": sent.partition_id, "rank": sent.spec.rank,
-        "bytes_down": sent.nbytes, "bytes_up": nbytes,
-    }
-    row.update(_snake(dict(metrics)))
-    return row

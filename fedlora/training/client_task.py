@@ -1,47 +1,39 @@
 """What a client does with a message, without Flower: the ClientApp only decodes and encodes.
 
-Per-node facts come from Flower's node config: in simulation ``partition-id``/``num-partitions``
-(injected by the Simulation Engine) and the rank from ``lora.ranks``; in deployment the same keys
-plus ``lora-rank``, ``device``, ``quantization`` and ``data-path`` given to
-``flower-supernode --node-config``. The base model, the wrapped PeftModel and the tokenized data
-are cached per process by :mod:`fedlora.models` and :mod:`fedlora.data`, so a simulation worker
-loads them once however many rounds and virtual clients it serves.
+Per-node facts come from Flower's node config (:mod:`fedlora.training.node`): in simulation
+``partition-id``/``num-partitions`` (injected by the Simulation Engine) and the rank from
+``lora.ranks``; in deployment the keys given to ``flower-supernode --node-config``. A node with
+``data-path`` trains on that whole file; the others on a partition of the shared corpus. The
+base model, the wrapped PeftModel and the tokenized data are cached per process by
+:mod:`fedlora.models` and :mod:`fedlora.data`, so a simulation worker loads them once however
+many rounds and virtual clients it serves, and a resident node worker
+(:mod:`fedlora.deploy.worker`) once for the whole run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fedlora.config.load import from_yaml
 from fedlora.config.schema import RunConfig
-from fedlora.data import load_client_data, make_collator, tokenize_dataset
+from fedlora.data import ClientData, load_client_data, load_node_data, make_collator, tokenize_dataset
 from fedlora.lora.init import initial_state, state_hash
 from fedlora.lora.keys import LoraState, split_key
 from fedlora.lora.state import expected_shapes, get_lora_state, set_lora_state, states_equal
 from fedlora.models.adapters import activate, freeze_lora_a, load_frozen
-from fedlora.models.build import base_model_loads, build_lora_model, load_tokenizer
+from fedlora.models.build import build_lora_model, load_tokenizer
 from fedlora.protocol import A_HASH as P_A_HASH
 from fedlora.protocol import A_RANK_MAX as P_A_RANK_MAX
 from fedlora.training.evaluate import evaluate
 from fedlora.training.faults import apply_faults
 from fedlora.training.local import train_local
+from fedlora.training.node import NodeFacts, local_config, node_facts, process_facts
 
-
-@dataclass(frozen=True)
-class NodeFacts:
-    """Who this client is: its partition and its own hardware/adapter settings."""
-
-    partition_id: int
-    num_partitions: int
-    rank: int
-    device: str
-    quantization: str
-    data_path: str
+__all__ = ["NodeFacts", "RoundPlan", "describe", "evaluate_round", "local_config", "node_facts",
+           "process_facts", "train_round"]
 
 
 @functools.lru_cache(maxsize=8)
@@ -50,63 +42,42 @@ def config_from_yaml(text: str) -> RunConfig:
     return from_yaml(text)
 
 
-def node_facts(cfg: RunConfig, node_config: Mapping[str, Any]) -> NodeFacts:
-    """Combine the run config with this node's own config (node config wins)."""
-    if "partition-id" not in node_config:
-        raise ValueError(
-            "node config: 'partition-id' is required (flower-supernode --node-config 'partition-id=0 ...')"
-        )
-    pid = int(node_config["partition-id"])
-    num = int(node_config.get("num-partitions", cfg.federation.num_clients))
-    return NodeFacts(
-        partition_id=pid,
-        num_partitions=num,
-        rank=int(node_config.get("lora-rank", cfg.lora.rank_for(pid))),
-        device=str(node_config.get("device", cfg.model.device)),
-        quantization=str(node_config.get("quantization", cfg.model.quantization)),
-        data_path=str(node_config.get("data-path", cfg.data.path)),
-    )
-
-
-def local_config(cfg: RunConfig, facts: NodeFacts) -> RunConfig:
-    """The run config as this node sees it (its device, quantization and data path)."""
-    return dataclasses.replace(
-        cfg,
-        model=dataclasses.replace(cfg.model, device=facts.device, quantization=facts.quantization),
-        data=dataclasses.replace(cfg.data, path=facts.data_path),
-    )
-
-
-def describe(cfg: RunConfig, facts: NodeFacts) -> dict[str, Any]:
-    """Capabilities reported in the query round."""
-    data = load_client_data(
-        local_config(cfg, facts).data, cfg.model.task, facts.partition_id, facts.num_partitions
-    )
+def describe(cfg: RunConfig, facts: NodeFacts, labels: list[str] | None = None) -> dict[str, Any]:
+    """Capabilities reported in the query round (the server sizes and weights this node by them)."""
+    data = _client_data(local_config(cfg, facts), facts, labels)
     return {
         "partition-id": facts.partition_id,
         "rank": facts.rank,
         "device": facts.device,
         "quantization": facts.quantization,
         "num-train-examples": len(data.train),
-        "own-data": facts.data_path != cfg.data.path,  # else a partition of the shared corpus
-        "worker-pid": os.getpid(),
+        "num-eval-examples": len(data.heldout),
+        "own-data": facts.own_data,  # else a partition of the shared corpus
     }
 
 
+def _client_data(cfg: RunConfig, facts: NodeFacts, labels: list[str] | None) -> ClientData:
+    """The node's own file (whole, less its local validation split) or its partition of the corpus."""
+    if facts.own_data:
+        return load_node_data(cfg.data, cfg.model.task, facts.data_path,
+                              heldout_fraction=facts.heldout_fraction, labels=labels)
+    return load_client_data(cfg.data, cfg.model.task, facts.partition_id, facts.num_partitions)
+
+
 # Tokenized client data, per process: (repr(cfg), partition id, num partitions) -> datasets.
-_TOKENIZED: dict[tuple[str, int, int], tuple[Any, Any, Any]] = {}
+_TOKENIZED: dict[tuple[str, str, tuple[str, ...] | None], tuple[Any, Any, Any]] = {}
 
 
-def _tokenized(cfg: RunConfig, partition_id: int, num_partitions: int) -> tuple[Any, Any, Any]:
-    key = (repr(cfg), partition_id, num_partitions)
+def _tokenized(cfg: RunConfig, facts: NodeFacts, labels: list[str] | None) -> tuple[Any, Any, Any]:
+    key = (repr(cfg), repr(facts), tuple(labels) if labels else None)
     if key not in _TOKENIZED:
-        _TOKENIZED[key] = _tokenize(cfg, partition_id, num_partitions)
+        _TOKENIZED[key] = _tokenize(cfg, facts, labels)
     return _TOKENIZED[key]
 
 
-def _tokenize(cfg: RunConfig, partition_id: int, num_partitions: int) -> tuple[Any, Any, Any]:
+def _tokenize(cfg: RunConfig, facts: NodeFacts, labels: list[str] | None) -> tuple[Any, Any, Any]:
     tok = load_tokenizer(cfg.model)
-    data = load_client_data(cfg.data, cfg.model.task, partition_id, num_partitions)
+    data = _client_data(cfg, facts, labels)
     max_len = cfg.model.max_length
     train = tokenize_dataset(data.train, tok, cfg.model.task, max_len)
     heldout = tokenize_dataset(data.heldout, tok, cfg.model.task, max_len) if len(data.heldout) else None
@@ -169,7 +140,7 @@ def train_round(
         activate(model, trainable, with_frozen=True)
     if plan.freeze_a:
         freeze_lora_a(model, trainable)
-    train, _, collate = _tokenized(cfg, facts.partition_id, facts.num_partitions)
+    train, _, collate = _tokenized(cfg, facts, plan.labels)
     seed = cfg.train.seed + 1000 * plan.server_round + facts.partition_id
     label = f"client {facts.partition_id} round {plan.server_round}"
     result = train_local(model, train, collate, cfg.train, lr=plan.lr, seed=seed, label=label)
@@ -178,8 +149,6 @@ def train_round(
         "train-loss": result.loss,
         "train-steps": result.steps,
         "train-seconds": result.seconds,
-        "base-model-loads": base_model_loads(),
-        "worker-pid": os.getpid(),
     }
     out = get_lora_state(model)
     if plan.freeze_a:
@@ -200,9 +169,10 @@ def evaluate_round(
     cfg = local_config(cfg, facts)
     model = _model(cfg, rank, alpha, len(labels) if labels else None, rank_pattern, alpha_pattern)
     set_lora_state(model, state)
-    _, heldout, collate = _tokenized(cfg, facts.partition_id, facts.num_partitions)
+    _, heldout, collate = _tokenized(cfg, facts, labels)
     if heldout is None:
-        raise ValueError("data.heldout_fraction is 0: this client has no held-out split to evaluate on")
+        raise ValueError("this client has no held-out split to evaluate on (data.heldout_fraction is 0, or "
+                         "its own data-path has no heldout-fraction in its node config)")
     metrics = evaluate(model, heldout, collate, task=cfg.model.task, batch_size=cfg.train.eval_batch_size)
     return {"num-examples": len(heldout),
             **{f"eval-{k}": v for k, v in metrics.items() if k != "num_examples"}}
