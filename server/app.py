@@ -2,8 +2,9 @@
 
 ``make_server_app(cfg, out_dir)`` is used by the in-process simulation (config already
 validated); the module-level ``app`` serves ``flwr run``, where the config comes from the
-``hydra-overrides`` string in Flower's run_config. With ``stop`` (an event the simulation sets on
-Ctrl-C) the server's Grid is a :class:`StoppableGrid`, so the ServerApp thread ends promptly.
+``hydra-overrides`` string in Flower's run_config. The server's Grid is always a
+:class:`StoppableGrid`: it polls for replies every 0.2 s, and with ``stop`` (an event the
+simulation sets on Ctrl-C) the ServerApp thread ends promptly.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def make_server_app(cfg: RunConfig | None = None, out_dir: Path | None = None,
             preflight(run_cfg, target)
             if run_cfg.overwrite:
                 clear_previous_run(target)
-        run_server(StoppableGrid(grid, stop) if stop is not None else grid, run_cfg, target)
+        # Flower's own send_and_receive sleeps 3 s between polls for replies; polling every 0.2 s
+        # takes up to ~3 s off every deployed training and evaluation stage (and lets Ctrl-C in).
+        run_server(StoppableGrid(grid, stop or threading.Event()), run_cfg, target)
 
     return app
 

@@ -35,6 +35,7 @@ from transformers import (
 
 from fedlora.config.schema import TASKS, LoraConfig, ModelConfig
 from fedlora.models.device import quantization_kwargs, select_device, select_dtype
+from fedlora.models.quantized import load_nf4
 from fedlora.models.sources import resolve_model
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ def _load(cfg: ModelConfig, num_labels: int | None) -> PreTrainedModel:
     dtype = select_dtype(cfg.dtype, device)
     tok = load_tokenizer(cfg)
     kwargs: dict = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
-    kwargs.update(quantization_kwargs(cfg, device, dtype))
+    quant = quantization_kwargs(cfg, device, dtype)
     if cfg.task == "classification":
         auto_cls = AutoModelForSequenceClassification
         # id2label (not num_labels) sets the head size without a warning when the checkpoint has another
@@ -124,9 +125,16 @@ def _load(cfg: ModelConfig, num_labels: int | None) -> PreTrainedModel:
     else:
         auto_cls = AutoModelForCausalLM
     forked = [device.index] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=forked):
-        torch.manual_seed(LOAD_SEED)  # a newly initialised head is identical in every process
-        model = auto_cls.from_pretrained(resolved.path, **kwargs)
+
+    def from_pretrained(path: str, extra: dict) -> PreTrainedModel:
+        with torch.random.fork_rng(devices=forked):
+            torch.manual_seed(LOAD_SEED)  # a newly initialised head is identical in every process
+            return auto_cls.from_pretrained(path, **kwargs, **extra)
+
+    if quant:  # NF4: quantized once, then read from the saved copy in the model cache
+        model, origin = load_nf4(resolved, cfg, num_labels, device, dtype, quant, from_pretrained)
+    else:
+        model, origin = from_pretrained(resolved.path, {}), ""
     if cfg.task == "classification" and model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id  # decoder seq-cls heads find the last token by it
     if cfg.quantization == "none":
@@ -137,7 +145,7 @@ def _load(cfg: ModelConfig, num_labels: int | None) -> PreTrainedModel:
         count = _loads
     logger.info("loaded base model %s [%s] (%s load in pid %s) in %.2f s on %s/%s%s", cfg.name,
                 resolved.description, _ordinal(count), os.getpid(), time.perf_counter() - start, device,
-                str(dtype).removeprefix("torch."), ", nf4" if cfg.quantization == "nf4" else "")
+                str(dtype).removeprefix("torch."), f", {origin}" if origin else "")
     return model
 
 
@@ -172,6 +180,24 @@ def load_base_model(cfg: ModelConfig, num_labels: int | None = None) -> PreTrain
 def base_model_loads() -> int:
     """Return how many base models this process really loaded from disk."""
     return _loads
+
+
+def release_models() -> int:
+    """Drop every cached base and LoRA model (and the GPU memory they hold); return how many.
+
+    For a long-lived node worker that sat idle: unlike :func:`clear_caches` it keeps the load
+    counter, so a later reload shows up as one more load in ``base-model-loads``.
+    """
+    import gc
+
+    with _lock:
+        released = len(_bases) + len(_lora_models)
+        _bases.clear()
+        _lora_models.clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return released
 
 
 def clear_caches() -> None:

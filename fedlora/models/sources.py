@@ -25,7 +25,6 @@ import logging
 import os
 import shutil
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -64,31 +63,26 @@ class ResolvedModel:
     description: str
 
 
-def _repo_root() -> Path | None:
-    root = Path(__file__).resolve().parents[2]
-    try:
-        project = tomllib.loads((root / "pyproject.toml").read_text()).get("project", {})
-    except (OSError, tomllib.TOMLDecodeError):
-        return None
-    return root if project.get("name") == "fedlora" else None
-
-
 def cache_dir() -> Path:
-    """Directory for converted and generated models.
+    """Directory for converted, generated and quantized models.
+
+    It lives in the user's cache, never inside the checkout: a Flower deployment runs the code from
+    an app bundle (``$FLWR_HOME/apps/<bundle hash>/``) whose hash changes with every code change, so
+    a cache next to the code would redo every conversion (GGUF dequantisation, NF4 quantization)
+    after each edit. Simulation and deployment on one machine therefore share one cache.
 
     Returns
     -------
     pathlib.Path
-        ``$FEDLORA_CACHE`` if set; else ``<repo root>/.cache/fedlora`` when running from a writable
-        checkout (so the cache sits next to the project and is git-ignored); else
-        ``~/.cache/fedlora``. Not created here.
+        ``$FEDLORA_CACHE`` if set; else ``$XDG_CACHE_HOME/fedlora`` if ``XDG_CACHE_HOME`` is set;
+        else ``~/.cache/fedlora``. Not created here.
     """
     env = os.environ.get("FEDLORA_CACHE")
     if env:
         return Path(env).expanduser()
-    root = _repo_root()
-    if root is not None and os.access(root, os.W_OK):
-        return root / ".cache" / "fedlora"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and Path(xdg).expanduser().is_absolute():  # the XDG spec says to ignore relative paths
+        return Path(xdg).expanduser() / "fedlora"
     return Path.home() / ".cache" / "fedlora"
 
 
@@ -176,19 +170,30 @@ def _resolve_package(spec: str) -> ResolvedModel:
     return ResolvedModel(str(path), f"package {where} ({_distribution(module)})")
 
 
-def _materialise(name: str, build: Callable[[Path], None], what: str) -> Path:
-    """Create ``<cache>/models/<name>`` once, under a lock, via a temp dir renamed into place."""
-    models = cache_dir() / "models"
-    final = models / name
-    if (final / "config.json").is_file():
+def has_config(path: Path) -> bool:
+    """Whether ``path`` looks like a finished model directory (the default completeness check)."""
+    return (path / "config.json").is_file()
+
+
+def materialise(parent: Path, name: str, build: Callable[[Path], None], what: str,
+                complete: Callable[[Path], bool] = has_config) -> Path:
+    """Create ``<parent>/<name>`` once, under a lock, via a temp dir renamed into place.
+
+    Several worker processes may ask for the same directory at once: the lock makes one of them build
+    it, and the rename means no process ever sees a half-written one. A directory that fails
+    ``complete`` (a crash before the rename finished, a manual deletion of files) is rebuilt.
+    """
+    final = parent / name
+    if complete(final):
         return final
-    models.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(models / f"{name}.lock")):
-        if (final / "config.json").is_file():  # another process finished while we waited
+    parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(parent / f"{name}.lock")):
+        if complete(final):  # another process finished while we waited
             return final
-        tmp = models / f".{name}.tmp-{os.getpid()}"
+        tmp = parent / f".{name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        if final.exists():  # a half-written leftover without config.json
+        if final.exists():  # a half-written or damaged leftover
+            logger.warning("%s is incomplete; rebuilding it", final)
             shutil.rmtree(final)
         logger.info("building %s into %s (once; later runs reuse it)", what, final)
         start = time.perf_counter()
@@ -207,7 +212,8 @@ def _resolve_tiny(kind: str) -> ResolvedModel:
     if kind not in TINY_KINDS:
         choices = [f"tiny:{k}" for k in TINY_KINDS]
         raise ModelSourceError(f"model.source: unknown tiny model 'tiny:{kind}'; expected one of {choices}")
-    path = _materialise(f"tiny-{kind}", lambda out: build_tiny(kind, out), f"tiny {kind} model")
+    path = materialise(cache_dir() / "models", f"tiny-{kind}", lambda out: build_tiny(kind, out),
+                       f"tiny {kind} model")
     return ResolvedModel(str(path), f"tiny:{kind} (random weights built in code, cached in {path})")
 
 
@@ -223,7 +229,8 @@ def _resolve_gguf_package(spec: str) -> ResolvedModel:
             f"model.source: {source!r}: no file {file!r} in package {module!r}; it has {found}"
         )
     name = f"{module}-{Path(file).stem}"
-    path = _materialise(name, lambda out: _convert_gguf(pkg, file, out), f"safetensors from {file}")
+    path = materialise(cache_dir() / "models", name, lambda out: _convert_gguf(pkg, file, out),
+                       f"safetensors from {file}")
     description = f"package {module} ({_distribution(module)}), {file} dequantised to {path}"
     return ResolvedModel(str(path), description)
 

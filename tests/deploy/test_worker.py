@@ -62,7 +62,7 @@ def test_worker_refuses_other_code_and_reports_failed_tasks_then_keeps_serving(w
     with pytest.raises(WorkerError, match="differs from the app bundle's"):
         call_worker(str(w.socket), smoke_train_task())
     monkeypatch.setattr(proxy, "identity", lambda: real)
-    with pytest.raises(WorkerError, match="train failed: ValueError: node config: 'partition-id' is required"):
+    with pytest.raises(WorkerError, match="train failed: ValueError: node config: 'partition-id' is requir"):
         call_worker(str(w.socket), smoke_train_task(node_config={"lora-rank": 2}))
     reply = call_worker(str(w.socket), smoke_train_task())  # still serving
     assert reply.metrics[P.METRICS]["worker-pid"] == w.proc.pid
@@ -72,7 +72,7 @@ def test_a_killed_worker_gives_a_clear_error_and_a_restarted_one_serves(worker):
     w = worker()
     w.kill()
     assert w.socket.exists()  # SIGKILL leaves the socket file behind
-    with pytest.raises(WorkerError, match="no fedlora worker answers at .*python -m fedlora.deploy.worker"):
+    with pytest.raises(WorkerError, match=r"no fedlora worker answers at .*-m fedlora\.deploy\.worker"):
         call_worker(str(w.socket), smoke_train_task())
     again = worker()  # replaces the stale socket
     reply = call_worker(str(again.socket), smoke_train_task())
@@ -81,5 +81,5 @@ def test_a_killed_worker_gives_a_clear_error_and_a_restarted_one_serves(worker):
 
 
 def test_a_missing_socket_names_the_start_command(tmp_path):
-    with pytest.raises(WorkerError, match="no fedlora worker socket at .*--socket"):
+    with pytest.raises(WorkerError, match=r"no fedlora worker socket at .*--socket"):
         call_worker(str(tmp_path / "none.sock"), smoke_train_task())

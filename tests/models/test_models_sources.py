@@ -38,12 +38,13 @@ def test_cache_dir_honours_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert cache_dir() == tmp_path / "c"
 
 
-def test_cache_dir_defaults_to_repo_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_dir_defaults_to_user_cache_not_the_checkout(monkeypatch: pytest.MonkeyPatch,
+                                                           tmp_path: Path) -> None:
     monkeypatch.delenv("FEDLORA_CACHE", raising=False)
-    expected = REPO_ROOT / ".cache" / "fedlora"
-    if not (REPO_ROOT / "pyproject.toml").is_file():
-        pytest.skip("not running from a fedlora checkout")
-    assert cache_dir() in (expected, Path.home() / ".cache" / "fedlora")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "fedlora"
+    assert not cache_dir().is_relative_to(REPO_ROOT)
 
 
 @pytest.mark.parametrize("kind", ["bert", "llama"])
