@@ -1,7 +1,9 @@
 """Write and reload the global adapter in PEFT's own format.
 
-The adapter is written by ``PeftModel.save_pretrained`` itself (``adapter_config.json`` +
-``adapter_model.safetensors``), so anything that loads PEFT adapters loads ours. Next to it go a
+The adapter is written in PEFT's own layout (``adapter_config.json`` +
+``adapter_model.safetensors``), so anything that loads PEFT adapters loads ours: by
+``PeftModel.save_pretrained`` itself when the server holds the loaded model (central evaluation
+on), else from a weightless meta-device copy, so the server never loads the base model. Next to it go a
 model card (``README.md``) with the run's provenance, ``fedlora.json`` (what is needed to rebuild
 the base: source, task, labels) and ``SHA256SUMS``. :func:`load_exported` reloads it the way a
 user would: a *fresh* base model from disk, then ``PeftModel.from_pretrained``.
@@ -9,6 +11,7 @@ user would: a *fresh* base model from disk, then ``PeftModel.from_pretrained``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -20,14 +23,17 @@ from typing import Any
 
 import torch
 from peft import PeftModel
+from peft.utils import SAFETENSORS_WEIGHTS_NAME
+from safetensors.torch import save_file as safe_save_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from fedlora.aggregation import GlobalAdapter
-from fedlora.config.schema import ModelConfig, RunConfig
+from fedlora.config.schema import LoraConfig, ModelConfig, RunConfig
 from fedlora.export.card import model_card
-from fedlora.lora.state import set_lora_state
+from fedlora.lora.state import check_state_fits, expected_shapes, set_lora_state
 from fedlora.models.build import LOAD_SEED, build_lora_model
 from fedlora.models.device import quantization_kwargs, select_device, select_dtype
+from fedlora.models.shapes import meta_lora_model
 from fedlora.models.sources import resolve_model
 
 log = logging.getLogger(__name__)
@@ -41,21 +47,27 @@ def save_adapter(
 ) -> Path:
     """Write ``adapter`` as a PEFT adapter directory; return its path.
 
-    PEFT's own ``save_pretrained`` writes the files (so the layout and the config are PEFT's); a
-    non-default adapter name would put them in a subfolder, which is flattened here.
+    With ``federation.central_eval`` the server already holds the loaded PeftModel (cached), and
+    PEFT's own ``save_pretrained`` writes the files (a non-default adapter name would put them in a
+    subfolder, which is flattened here). Without it the server must not load the base model, so
+    :func:`write_weightless` writes the same two files from a meta-device copy.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lora = dataclasses.replace(cfg.lora, alpha=adapter.alpha)
-    model = build_lora_model(cfg.model, lora, rank=adapter.rank, num_labels=len(labels) if labels else None,
-                             rank_pattern=adapter.rank_pattern, alpha_pattern=adapter.alpha_pattern)
-    set_lora_state(model, adapter.state)
-    name = model.active_adapter
-    with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
-        model.save_pretrained(tmp, selected_adapters=[name])
-        written = Path(tmp) / name if name != "default" else Path(tmp)
-        for path in written.iterdir():
-            shutil.move(str(path), out_dir / path.name)
+    num_labels = len(labels) if labels else None
+    if not cfg.federation.central_eval:
+        write_weightless(cfg.model, lora, adapter, num_labels, out_dir)
+    else:
+        model = build_lora_model(cfg.model, lora, rank=adapter.rank, num_labels=num_labels,
+                                 rank_pattern=adapter.rank_pattern, alpha_pattern=adapter.alpha_pattern)
+        set_lora_state(model, adapter.state)
+        name = model.active_adapter
+        with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
+            model.save_pretrained(tmp, selected_adapters=[name])
+            written = Path(tmp) / name if name != "default" else Path(tmp)
+            for path in written.iterdir():
+                shutil.move(str(path), out_dir / path.name)
     manifest = {
         "fedlora_version": "0.1.0",
         "model": dataclasses.asdict(cfg.model),
@@ -74,6 +86,32 @@ def save_adapter(
     _write_checksums(out_dir)
     log.info("exported PEFT adapter to %s", out_dir)
     return out_dir
+
+
+def write_weightless(
+    model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter: GlobalAdapter, num_labels: int | None,
+    out_dir: Path,
+) -> None:
+    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` without loading the base model.
+
+    The PEFT config comes from a meta-device PeftModel wrapped exactly as in training
+    (:func:`fedlora.models.shapes.meta_lora_model`), finished as ``save_pretrained`` finishes it
+    (``base_model_name_or_path``, ``inference_mode``). The state's keys are already PEFT's saved
+    keys (``get_peft_model_state_dict`` format, checked against the skeleton), so the tensors are
+    written as they are, in the state's own dtype: ``PeftModel.from_pretrained`` casts them to the
+    base's dtype on load, as it would a file written from a loaded model.
+    """
+    model = meta_lora_model(model_cfg, lora_cfg, rank=adapter.rank, num_labels=num_labels,
+                            rank_pattern=adapter.rank_pattern, alpha_pattern=adapter.alpha_pattern)
+    check_state_fits(adapter.state, expected_shapes(model))
+    config = copy.deepcopy(model.peft_config[model.active_adapter])
+    if config.base_model_name_or_path is None:
+        config.base_model_name_or_path = model.base_model.model.__dict__.get("name_or_path") or None
+    config.inference_mode = True
+    # Own copies: safetensors refuses tensors that share storage (slices of one aggregated tensor).
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in adapter.state.items()}
+    safe_save_file(tensors, str(Path(out_dir) / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
+    config.save_pretrained(str(out_dir))
 
 
 def save_merged(adapter_dir: Path, out_dir: Path) -> Path:

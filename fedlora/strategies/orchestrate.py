@@ -20,12 +20,13 @@ from flwr.serverapp import Grid
 
 from fedlora import protocol as P
 from fedlora.aggregation import GlobalAdapter, get_aggregator
-from fedlora.config.load import to_yaml
+from fedlora.config.load import node_view, to_yaml
 from fedlora.config.schema import ModelConfig, RunConfig
 from fedlora.export.adapter import load_exported, save_adapter, save_merged, state_checksum
 from fedlora.export.compress import compress_adapter
 from fedlora.lora.codec import to_arrayrecord
 from fedlora.lora.init import initial_state
+from fedlora.models.build import base_model_loads
 from fedlora.results import RunRecorder
 from fedlora.results.plots import plot_run
 from fedlora.strategies.audit import Auditor
@@ -52,7 +53,7 @@ def run_server(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     evaluator = CentralEvaluator(cfg)
     recorder = RunRecorder(out_dir, cfg.model.task)
     progress = RunProgress(cfg, out_dir)
-    shared = {P.CFG_YAML: to_yaml(cfg).encode(), P.WIRE_DTYPE: cfg.federation.wire_dtype}
+    shared = {P.CFG_YAML: to_yaml(node_view(cfg)).encode(), P.WIRE_DTYPE: cfg.federation.wire_dtype}
     if evaluator.labels:
         shared[P.LABELS] = evaluator.labels
     try:
@@ -127,6 +128,11 @@ def _finish(cfg: RunConfig, out_dir: Path, aggregator: Any, evaluator: CentralEv
     elif cfg.export.adapter:
         summary.update(_export(cfg, out_dir, aggregator, evaluator, final, len(nodes), progress,
                                recorder.rows))
+    # Base models this server process loaded: the counted (cached) loads, plus the fresh bases that
+    # export.verify and export.merged reload outside that cache. 0 with central_eval=false and no
+    # merged export: a SuperLink host without the weights or a GPU can then serve the run.
+    reloads = int("export_check" in summary) + int("merged_dir" in summary)
+    summary["server_base_model_loads"] = base_model_loads() + reloads
     plot = plot_run(recorder.rows, out_dir / "metrics.png", cfg.model.task)
     if plot:
         summary["plot"] = str(plot)

@@ -3,6 +3,10 @@
 The server holds one PeftModel per adapter rank (cached by :mod:`fedlora.models`), loads the
 global adapter into it strictly, and evaluates. The same code scores the exported adapter after
 it is reloaded from disk, so the two numbers are comparable digit for digit.
+
+With ``federation.central_eval=false`` nothing here loads the base model: the server needs only
+the adapter's shapes, which come from a weightless copy (:mod:`fedlora.models.shapes`), so a
+SuperLink host without a GPU or the weights can run the federation.
 """
 
 from __future__ import annotations
@@ -17,11 +21,18 @@ from fedlora.config.schema import RunConfig
 from fedlora.data import label_names, load_central_test, make_collator, tokenize_dataset
 from fedlora.lora.state import expected_shapes, set_lora_state
 from fedlora.models.build import build_lora_model, load_tokenizer
+from fedlora.models.shapes import meta_adapter_shapes
 from fedlora.training.evaluate import evaluate
 
 
 class CentralEvaluator:
-    """Evaluates adapters on the central test split of ``cfg.data``."""
+    """Evaluates adapters on the central test split of ``cfg.data``.
+
+    Construction loads the tokenizer, the test split and the label names (classification: the
+    server sends them to every client), never the base model; :meth:`model_for` loads it on first
+    use. With ``federation.central_eval=false`` the server calls only :meth:`adapter_shapes` and
+    :attr:`labels`, so it never loads the base model.
+    """
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -46,7 +57,14 @@ class CentralEvaluator:
                                 rank_pattern=rank_pattern, alpha_pattern=alpha_pattern)
 
     def adapter_shapes(self, rank: int) -> dict[str, tuple[int, ...]]:
-        """Keys and shapes of an adapter of this rank on the configured model."""
+        """Keys and shapes of an adapter of this rank on the configured model.
+
+        With central evaluation on, the real model is loaded now (it is needed for round 0 anyway
+        and stays cached); with it off, a weightless meta-device copy gives the same keys and
+        shapes without loading the base model.
+        """
+        if not self.cfg.federation.central_eval:
+            return meta_adapter_shapes(self.cfg.model, self.cfg.lora, rank=rank, num_labels=self.num_labels)
         return expected_shapes(self.model_for(rank, self.cfg.lora.alpha))
 
     def evaluate(self, adapter: GlobalAdapter) -> dict[str, float]:
