@@ -54,7 +54,8 @@ class LoopbackDeployment:
         self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                     "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "HF_HUB_OFFLINE": "1",
                     "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
-                    **(env or {})}
+                    # Flower's executor looks for new tasks every 1 s by default (docs/deployment.md)
+                    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1", **(env or {})}
         self.env.pop("FEDLORA_SIMULATION", None)
         self.procs: dict[str, subprocess.Popen] = {}
         self.port = 0
@@ -139,12 +140,23 @@ class LoopbackDeployment:
             time.sleep(0.3)
         raise TimeoutError(f"nothing listens on {port} after {seconds} s:\n{self.log(name)}")
 
+    def _run_args(self, overrides: str) -> list[str]:
+        return [str(BIN / "flwr"), "run", str(ROOT), "loopback", "--stream", "-c",
+                f'hydra-overrides="{overrides}"']
+
     def run(self, overrides: str, timeout: float = 900) -> subprocess.CompletedProcess:
         """``flwr run <repo> loopback --stream`` with these Hydra overrides; waits for the run's end."""
-        return subprocess.run([str(BIN / "flwr"), "run", str(ROOT), "loopback", "--stream",
-                               "-c", f'hydra-overrides="{overrides}"'],
-                              env={**self.env, "FLWR_HOME": str(self.base / "cli")}, cwd=self.base,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(self._run_args(overrides), cwd=self.base, capture_output=True, text=True,
+                              env={**self.env, "FLWR_HOME": str(self.base / "cli")}, timeout=timeout)
+
+    def launch(self, overrides: str) -> subprocess.Popen:
+        """Start ``flwr run`` without waiting (output in ``flwr-run.log``); :meth:`stop` ends it."""
+        with (self.base / "flwr-run.log").open("a") as out:
+            proc = subprocess.Popen(self._run_args(overrides), cwd=self.base, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    env={**self.env, "FLWR_HOME": str(self.base / "cli")})
+        self.procs["flwr-run"] = proc
+        return proc
 
     def stop(self) -> None:
         """Stop every process this deployment started (SIGTERM, then SIGKILL after 20 s)."""

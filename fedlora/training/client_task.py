@@ -149,6 +149,7 @@ def train_round(
         "train-loss": result.loss,
         "train-steps": result.steps,
         "train-seconds": result.seconds,
+        "train-rows": len(train),  # this node's whole training split (its own file, or its partition)
     }
     out = get_lora_state(model)
     if plan.freeze_a:
