@@ -60,10 +60,10 @@ def adapter_sha(run_dir: Path) -> str:
     return hashlib.sha256((run_dir / "adapter" / "adapter_model.safetensors").read_bytes()).hexdigest()
 
 
-def deploy_once(base: Path, workers: bool, rounds: int,
-                overrides: list[str]) -> tuple[list[dict[str, Any]], Path, float]:
+def deploy_once(base: Path, workers: bool, rounds: int, overrides: list[str],
+                node_extra: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], Path, float]:
     run_dir = base / "server-run"
-    nodes = [{"partition-id": 0, "num-partitions": 2}, {"partition-id": 1, "num-partitions": 2}]
+    nodes = [{"partition-id": i, "num-partitions": 2, **(node_extra or {})} for i in range(2)]
     text = " ".join([*overrides, f"federation.num_rounds={rounds}", "federation.fraction_evaluate=1.0",
                      f"output_dir={run_dir}"])
     with LoopbackDeployment(base, nodes, workers=workers) as dep:
@@ -94,14 +94,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--keep", type=Path, default=None, help="keep the run directories here")
+    parser.add_argument("--node", action="append", default=[], metavar="KEY=VALUE",
+                        help="add to both nodes' node config, e.g. --node corpus-path=/data/foldoc")
     parser.add_argument("overrides", nargs="*", default=["preset=smoke"], help="Hydra overrides")
     args = parser.parse_args(argv)
     base = args.keep or Path(tempfile.mkdtemp(prefix="bench-deploy-"))
+    bad = [n for n in args.node if "=" not in n]
+    if bad:
+        parser.error(f"--node: expected KEY=VALUE, got {bad}")
+    node_extra = dict(n.split("=", 1) for n in args.node)
     results = {}
     for workers in (False, True):
         label = "with workers" if workers else "without workers (a ClientApp process per message)"
         rows, run_dir, wall = deploy_once(base / ("workers" if workers else "in-process"), workers,
-                                          args.rounds, args.overrides)
+                                          args.rounds, args.overrides, node_extra)
         show(label, rows, wall)
         results[workers] = (rows, run_dir)
     without, with_ = mean_overhead(results[False][0]), mean_overhead(results[True][0])

@@ -71,7 +71,8 @@ def run_plain(overrides: list[str], fed_dir: Path) -> None:
     from fedlora.models.sources import resolve_model
 
     cfg = compose(overrides)
-    rows = [json.loads(line) for line in (fed_dir / "clients.jsonl").read_text().splitlines()]
+    rows = [r for line in (fed_dir / "clients.jsonl").read_text().splitlines()
+            if (r := json.loads(line)).get("stage", "train") == "train"]
     path = resolve_model(cfg.model).path
     tok = AutoTokenizer.from_pretrained(path)
     classification = cfg.model.task == "classification"
@@ -124,7 +125,7 @@ def main(argv: list[str]) -> None:
     if code:
         raise SystemExit(f"plain run failed with exit code {code}")
     client_lines = (fed_dir / "clients.jsonl").read_text().splitlines()
-    steps = sum(json.loads(line)["train_steps"] for line in client_lines)
+    steps = sum(json.loads(line).get("train_steps", 0) for line in client_lines)
     result = {
         "overrides": argv, "local_steps_total": steps,
         "federated_s": round(fed_s, 1), "plain_s": round(plain_s, 1), "time_ratio": round(fed_s / plain_s, 2),

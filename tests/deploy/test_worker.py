@@ -7,6 +7,7 @@ import dataclasses
 import os
 import shutil
 import stat
+import time
 
 import numpy as np
 import pytest
@@ -83,3 +84,25 @@ def test_a_killed_worker_gives_a_clear_error_and_a_restarted_one_serves(worker):
 def test_a_missing_socket_names_the_start_command(tmp_path):
     with pytest.raises(WorkerError, match=r"no fedlora worker socket at .*--socket"):
         call_worker(str(tmp_path / "none.sock"), smoke_train_task())
+
+
+def test_an_idle_worker_releases_its_models_and_reloads_on_the_next_task(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDLORA_CACHE", str(tmp_path / "cache"))
+    sock_dir = short_socket_dir()
+    w = WorkerProcess(sock_dir / "w.sock", tmp_path / "worker.log", worker_env(tmp_path / "cache"),
+                      "--idle-release-s", "1")
+    try:
+        w.wait_ready()
+        first = call_worker(str(w.socket), smoke_train_task())
+        deadline = time.monotonic() + 60
+        while "released" not in w.log.read_text():
+            assert time.monotonic() < deadline, w.log.read_text()[-2000:]
+            time.sleep(0.5)
+        second = call_worker(str(w.socket), smoke_train_task())
+    finally:
+        w.kill()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+    assert first.metrics[P.METRICS]["base-model-loads"] == 1
+    assert second.metrics[P.METRICS]["base-model-loads"] == 2  # reloaded after the release, and counted
+    for key, value in first.arrays[P.ARRAYS].items():
+        np.testing.assert_array_equal(second.arrays[P.ARRAYS][key], value)  # same task, same answer

@@ -63,7 +63,7 @@ def test_every_fault_is_rejected_with_its_reason_and_slow_is_accepted(faulty_run
         assert reason in got[key]["reason"], (kind, got[key]["reason"])
     assert "update norm" in got[(3, 0)]["reason"]  # 3e38 is finite in float32: caught by the norm
     assert "expected" in got[(3, 3)]["reason"]  # rank 8 + 1 against the declared 8
-    clients = read_jsonl(out / "clients.jsonl")
+    clients = [c for c in read_jsonl(out / "clients.jsonl") if c["stage"] == "train"]
     for rnd, pids in ACCEPTED.items():
         assert {c["partition_id"] for c in clients if c["round"] == rnd} == pids
     assert SLOW[1] in ACCEPTED[SLOW[0]]
@@ -91,7 +91,8 @@ def test_each_round_is_the_oracle_over_the_accepted_replies_only(faulty_run):
     sizes = {pid: len(load_client_data(cfg.data, cfg.model.task, pid, NUM_CLIENTS).train)
              for pid in range(NUM_CLIENTS)}
     assert len(set(sizes.values())) > 1  # otherwise p_k = n_k / sum(n) would not be tested
-    rows = {(c["round"], c["partition_id"]): c for c in read_jsonl(out / "clients.jsonl")}
+    rows = {(c["round"], c["partition_id"]): c for c in read_jsonl(out / "clients.jsonl")
+            if c["stage"] == "train"}
     for rnd, pids in ACCEPTED.items():
         audit = out / "audit" / f"round-{rnd:04d}"
         files = {int(p.stem.split("-")[1]): p for p in audit.glob("client-*.safetensors")}

@@ -77,7 +77,13 @@ def test_good_caps_and_a_strategy_that_refuses_mixed_ranks():
     assert (info.node_id, info.partition_id, info.rank, info.num_train_examples) == (7, 3, 8, 120)
     info, reason = check_caps(ConfigRecord(_caps(3, rank=8)), 7, _cfg("strategy=fedit"))
     assert info is None
-    assert reason.startswith("rank 8, but strategy 'fedit' needs every node at lora.r=4")
+    # the same words as the config check gives for lora.ranks=[4,8] under fedit
+    assert reason == ("rank 8 (node config lora-rank) with lora.r=4: [4, 8] mixes ranks, which strategy "
+                      "'fedit' does not support; strategies that accept mixed ranks: "
+                      "['ffa', 'flexlora', 'flora', 'hetlora']")
+    with pytest.raises(ValueError) as config_error:
+        _cfg("strategy=fedit", "lora.ranks=[4,8]")
+    assert "lora.ranks: " + reason.split(": ", 1)[1] in str(config_error.value)
     assert check_caps(None, 7, _cfg())[1] == "the query reply holds no ConfigRecord 'caps'"
 
 
@@ -103,7 +109,7 @@ def test_offending_nodes_are_dropped_and_recorded(tmp_path):
 def test_too_few_valid_nodes_is_a_clear_runtime_error(tmp_path):
     answers = {11: _caps(0, rank=4), 12: _caps(1, rank=8), 13: _caps(2, rank=8)}
     with pytest.raises(RuntimeError, match=r"only 1 of 3 nodes passed the query round, fewer than federation"
-                                           r".min_train_clients=2.*node 12: rank 8, but strategy 'fedit'"):
+                                           r".min_train_clients=2.*node 12: rank 8 .* strategy 'fedit' does not"):
         _discover(tmp_path, answers, "strategy=fedit", "federation.min_train_clients=2")
 
 
