@@ -54,8 +54,7 @@ class LoopbackDeployment:
         self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                     "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "HF_HUB_OFFLINE": "1",
                     "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
-                    # Flower's executor looks for new tasks every 1 s by default (docs/deployment.md)
-                    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1", **(env or {})}
+                    **(env or {})}
         self.env.pop("FEDLORA_SIMULATION", None)
         self.procs: dict[str, subprocess.Popen] = {}
         self.port = 0
