@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import struct
 import sys
 import time
@@ -65,20 +66,7 @@ class Worker:
 
     def bind(self) -> socket.socket:
         """Create the socket (owner-only); a stale socket of a dead worker is replaced, a live one refused."""
-        if len(str(self.path)) > MAX_SOCKET_PATH:
-            raise SystemExit(f"--socket: {self.path} is longer than {MAX_SOCKET_PATH} characters (a Unix "
-                             "socket limit); choose a shorter path")
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self.path.exists():
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(str(self.path))
-                raise SystemExit(f"--socket: another fedlora worker already listens at {self.path}; stop it "
-                                 "first or give this one another --socket")
-            except (ConnectionRefusedError, FileNotFoundError):
-                self.path.unlink(missing_ok=True)  # left behind by a worker that was killed
-            finally:
-                probe.close()
+        self.check_path()
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
@@ -90,8 +78,28 @@ class Worker:
         server.settimeout(1.0)
         return server
 
+    def check_path(self) -> None:
+        """Refuse an unusable ``--socket`` (cheap: runs again before the heavy imports)."""
+        if len(str(self.path)) > MAX_SOCKET_PATH:
+            raise SystemExit(f"--socket: {self.path} is longer than {MAX_SOCKET_PATH} characters (a Unix "
+                             "socket limit); choose a shorter path")
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.path.exists() and not stat.S_ISSOCK(self.path.stat().st_mode):
+            raise SystemExit(f"--socket: {self.path} exists and is not a socket; choose another path")
+        if self.path.exists():
+            try:
+                ping(self.path)  # a busy worker answers late: the timeout counts as alive too
+            except (ConnectionRefusedError, FileNotFoundError):
+                self.path.unlink(missing_ok=True)  # left behind by a worker that was killed
+            except (OSError, FrameError):
+                pass
+            if self.path.exists():
+                raise SystemExit(f"--socket: another fedlora worker already listens at {self.path}; stop it "
+                                 "first or give this one another --socket")
+
     def serve(self) -> None:
         """Accept and answer tasks one at a time until asked to stop."""
+        self.check_path()  # a wrong --socket fails now, not after a minute of imports
         from fedlora.deploy.tasks import run_task  # heavy imports now, before the socket says "ready"
 
         self._run_task = run_task
@@ -116,7 +124,11 @@ class Worker:
             log.info("fedlora worker %d stopped after %d tasks", os.getpid(), self.tasks)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        log.info("fedlora worker: %s received, stopping after the current task", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if self.stop:  # asked twice: do not wait for the task
+            log.warning("fedlora worker: %s received again, stopping now", name)
+            raise KeyboardInterrupt(name)
+        log.info("fedlora worker: %s received, stopping after the current task (again to stop now)", name)
         self.stop = True
 
     def _answer(self, conn: socket.socket) -> None:
