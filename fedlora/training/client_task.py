@@ -64,7 +64,7 @@ def _client_data(cfg: RunConfig, facts: NodeFacts, labels: list[str] | None) -> 
     return load_client_data(cfg.data, cfg.model.task, facts.partition_id, facts.num_partitions)
 
 
-# Tokenized client data, per process: (repr(cfg), partition id, num partitions) -> datasets.
+# Tokenized client data, per process: (repr(cfg), repr(node facts), labels) -> datasets, read once per run.
 _TOKENIZED: dict[tuple[str, str, tuple[str, ...] | None], tuple[Any, Any, Any]] = {}
 
 
