@@ -109,7 +109,7 @@ def test_offending_nodes_are_dropped_and_recorded(tmp_path):
 def test_too_few_valid_nodes_is_a_clear_runtime_error(tmp_path):
     answers = {11: _caps(0, rank=4), 12: _caps(1, rank=8), 13: _caps(2, rank=8)}
     with pytest.raises(RuntimeError, match=r"only 1 of 3 nodes passed the query round, fewer than federation"
-                                           r".min_train_clients=2.*node 12: rank 8 .* strategy 'fedit' does not"):
+                                           r".min_train_clients=2.*node 12: rank 8 .* 'fedit' does not"):
         _discover(tmp_path, answers, "strategy=fedit", "federation.min_train_clients=2")
 
 
