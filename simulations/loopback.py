@@ -96,15 +96,19 @@ class LoopbackDeployment:
         raise TimeoutError(f"worker {i} did not answer within {seconds} s:\n{self.log(f'worker{i}')}")
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal ``name``'s whole session; after it exits, SIGKILL whatever of the session is left
+        (a ``flwr-serverapp`` whose SuperLink is gone keeps retrying in its exit handler)."""
         proc = self.procs.get(name)
-        if proc is not None and proc.poll() is None:
+        if proc is None:
+            return
+        if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, sig)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
 
     def start(self) -> LoopbackDeployment:
         self.base.mkdir(parents=True, exist_ok=True)
