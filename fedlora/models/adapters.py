@@ -27,6 +27,7 @@ import torch
 from peft.tuners.lora import LoraLayer
 from peft.utils.other import ModulesToSaveWrapper
 
+from fedlora.config.schema import LoraConfig
 from fedlora.lora.keys import LoraState, lora_modules
 
 PEFT_PREFIX = "base_model.model."
@@ -72,6 +73,21 @@ def patterns_from(
         sorted((k.removeprefix(PEFT_PREFIX), float(v)) for k, v in alpha_pattern.items() if v != alpha)
     )
     return ranks, alphas
+
+
+def adapter_spec(
+    lora_cfg: LoraConfig, rank: int | None = None,
+    rank_pattern: Mapping[str, int] | None = None, alpha_pattern: Mapping[str, float] | None = None,
+) -> AdapterSpec:
+    """The spec of an adapter of ``rank`` (``None``: ``lora.r``) for ``lora_cfg``, as
+    the loaded model (:func:`fedlora.models.build.build_lora_model`) and its weightless twin
+    (:mod:`fedlora.models.shapes`) both name and shape it."""
+    rank = lora_cfg.r if rank is None else rank
+    if rank < 1:
+        raise ValueError(f"lora.r / lora.ranks: expected a positive rank, got {rank}")
+    ranks, alphas = patterns_from(rank, float(lora_cfg.alpha), rank_pattern or {}, alpha_pattern or {})
+    return AdapterSpec(rank=rank, alpha=float(lora_cfg.alpha), dropout=float(lora_cfg.dropout),
+                       init_seed=lora_cfg.init_seed, rank_pattern=ranks, alpha_pattern=alphas)
 
 
 def folded_spec(state: LoraState) -> AdapterSpec:

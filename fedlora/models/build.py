@@ -105,6 +105,13 @@ def _check_num_labels(cfg: ModelConfig, num_labels: int | None) -> int | None:
     return num_labels
 
 
+def head_label_kwargs(num_labels: int | None) -> dict[str, dict]:
+    """``id2label``/``label2id`` for a classification head of ``num_labels`` outputs: id2label (not
+    num_labels) sets the head size without a warning when the checkpoint has another label count."""
+    id2label = {i: f"LABEL_{i}" for i in range(num_labels or 0)}
+    return {"id2label": id2label, "label2id": {name: i for i, name in id2label.items()}}
+
+
 def _load(cfg: ModelConfig, num_labels: int | None) -> PreTrainedModel:
     """Really load a base model from disk (no caching) and count it."""
     global _loads
@@ -117,11 +124,8 @@ def _load(cfg: ModelConfig, num_labels: int | None) -> PreTrainedModel:
     quant = quantization_kwargs(cfg, device, dtype)
     if cfg.task == "classification":
         auto_cls = AutoModelForSequenceClassification
-        # id2label (not num_labels) sets the head size without a warning when the checkpoint has another
-        # label count; ignore_mismatched_sizes then re-initialises such a head instead of failing.
-        id2label = {i: f"LABEL_{i}" for i in range(num_labels or 0)}
-        label2id = {name: i for i, name in id2label.items()}
-        kwargs.update(id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True)
+        # ignore_mismatched_sizes re-initialises a head of another label count instead of failing.
+        kwargs.update(head_label_kwargs(num_labels), ignore_mismatched_sizes=True)
     else:
         auto_cls = AutoModelForCausalLM
     forked = [device.index] if device.type == "cuda" else []
@@ -244,17 +248,12 @@ def build_lora_model(
         the active, trainable one on every call. Callers load their LoRA weights into it and
         switch ``train()``/``eval()`` themselves.
     """
-    from fedlora.models.adapters import AdapterSpec, activate, add_adapter, lora_config, patterns_from
+    from fedlora.models.adapters import activate, adapter_spec, add_adapter, lora_config
     from fedlora.models.peft_wrap import unwrap_head, wrap_with_lora
 
     num_labels = _check_num_labels(model_cfg, num_labels)
-    rank = lora_cfg.r if rank is None else rank
-    if rank < 1:
-        raise ValueError(f"lora.r / lora.ranks: expected a positive rank, got {rank}")
+    spec = adapter_spec(lora_cfg, rank, rank_pattern, alpha_pattern)
     train_head = lora_cfg.train_head if model_cfg.task == "classification" else None
-    ranks, alphas = patterns_from(rank, float(lora_cfg.alpha), rank_pattern or {}, alpha_pattern or {})
-    spec = AdapterSpec(rank=rank, alpha=float(lora_cfg.alpha), dropout=float(lora_cfg.dropout),
-                       init_seed=lora_cfg.init_seed, rank_pattern=ranks, alpha_pattern=alphas)
     base_key = (_model_key(model_cfg), num_labels)
     key = (base_key, tuple(lora_cfg.target_modules), train_head)
     with _lock:

@@ -23,7 +23,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from fedlora.config.schema import LoraConfig, ModelConfig
-from fedlora.models.build import _check_num_labels
+from fedlora.models.build import _check_num_labels, head_label_kwargs
 from fedlora.models.sources import resolve_model
 
 if TYPE_CHECKING:
@@ -43,8 +43,7 @@ def meta_skeleton(model_cfg: ModelConfig, num_labels: int | None = None) -> PreT
     path = resolve_model(model_cfg).path
     kwargs: dict = {"trust_remote_code": model_cfg.trust_remote_code}
     if model_cfg.task == "classification":
-        id2label = {i: f"LABEL_{i}" for i in range(num_labels or 0)}
-        kwargs.update(id2label=id2label, label2id={name: i for i, name in id2label.items()})
+        kwargs.update(head_label_kwargs(num_labels))
     config = AutoConfig.from_pretrained(path, **kwargs)
     auto = AutoModelForSequenceClassification if model_cfg.task == "classification" else AutoModelForCausalLM
     with torch.device("meta"):
@@ -66,15 +65,10 @@ def meta_lora_model(
     LoRA factors included, is on the meta device: use it for keys, shapes and the PEFT config,
     never to compute. Not cached: each call builds a fresh skeleton (cheap, no weights).
     """
-    from fedlora.models.adapters import AdapterSpec, patterns_from
+    from fedlora.models.adapters import adapter_spec
     from fedlora.models.peft_wrap import wrap_with_lora
 
-    rank = lora_cfg.r if rank is None else rank
-    if rank < 1:
-        raise ValueError(f"lora.r / lora.ranks: expected a positive rank, got {rank}")
-    ranks, alphas = patterns_from(rank, float(lora_cfg.alpha), rank_pattern or {}, alpha_pattern or {})
-    spec = AdapterSpec(rank=rank, alpha=float(lora_cfg.alpha), dropout=float(lora_cfg.dropout),
-                       init_seed=lora_cfg.init_seed, rank_pattern=ranks, alpha_pattern=alphas)
+    spec = adapter_spec(lora_cfg, rank, rank_pattern, alpha_pattern)
     skeleton = meta_skeleton(model_cfg, num_labels)
     # No kbit preparation on a skeleton: it only casts weights and hooks inputs, shapes stay.
     plain = dataclasses.replace(model_cfg, quantization="none")

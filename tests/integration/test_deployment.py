@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,16 +19,9 @@ import pytest
 
 from fedlora.deploy.credentials import write_credentials
 from fedlora.results import read_jsonl
+from simulations.loopback import BIN, ROOT, free_port
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, seconds: float = 90) -> None:
@@ -78,7 +70,7 @@ def launcher(tmp_path):
                     reason="flower-superlink is not installed next to this Python")
 def test_tls_deployment_with_node_auth_runs_hetlora_end_to_end(tmp_path, launcher):
     creds = write_credentials(tmp_path / "certs", supernodes=3)
-    link_port, out = _free_port(), tmp_path / "run"
+    link_port, out = free_port(), tmp_path / "run"
     cli_home = tmp_path / "cli-home"
     cli_home.mkdir()
     (cli_home / "config.toml").write_text(
@@ -102,7 +94,7 @@ def test_tls_deployment_with_node_auth_runs_hetlora_end_to_end(tmp_path, launche
         nodes.append(launcher(f"supernode{i + 1}", [
             str(BIN / "flower-supernode"), "--root-certificates", str(creds.ca_cert),
             "--auth-supernode-private-key", str(key), "--superlink", f"127.0.0.1:{link_port}",
-            "--port", str(_free_port()), "--node-config", f"partition-id={i % 2} num-partitions=2"],
+            "--port", str(free_port()), "--node-config", f"partition-id={i % 2} num-partitions=2"],
             tmp_path / f"node{i + 1}-home"))
 
     intruder, intruder_log = nodes[2]
