@@ -79,21 +79,13 @@ class LoopbackDeployment:
 
     def start_worker(self, i: int, seconds: float = 180.0) -> subprocess.Popen:
         """(Re)start node ``i``'s worker and wait until it answers a ping."""
-        from fedlora.deploy.messages import FrameError
-        from fedlora.deploy.worker import ping
+        from fedlora.deploy.worker import wait_until_ready
 
         proc = self._start(f"worker{i}", [sys.executable, "-m", "fedlora.deploy.worker",
                                           "--socket", str(self.socket_of(i))], self.base / f"node{i}")
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"worker {i} exited:\n{self.log(f'worker{i}')}")
-            try:
-                ping(self.socket_of(i))
-                return proc
-            except (OSError, FrameError):
-                time.sleep(0.3)
-        raise TimeoutError(f"worker {i} did not answer within {seconds} s:\n{self.log(f'worker{i}')}")
+        wait_until_ready(self.socket_of(i), lambda: proc.poll() is None, seconds,
+                         lambda: self.log(f"worker{i}"))
+        return proc
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Signal ``name``'s whole session; after it exits, SIGKILL whatever of the session is left

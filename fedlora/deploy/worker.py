@@ -27,6 +27,7 @@ import struct
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -191,6 +192,28 @@ def ping(path: Path, timeout: float = 5.0) -> dict[str, Any]:
         send(sock, {"kind": "ping"})
         header, _ = receive(sock)
         return header
+
+
+def wait_until_ready(path: Path, alive: Callable[[], bool], seconds: float, log_tail: Callable[[], str]
+                     ) -> dict[str, Any]:
+    """Ping the worker starting at ``path`` until it answers (its imports are done); return its answer.
+
+    Raises
+    ------
+    RuntimeError
+        If ``alive()`` turns false first (the worker exited), with ``log_tail()``.
+    TimeoutError
+        If it has not answered within ``seconds``, with ``log_tail()``.
+    """
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"the worker at {path} exited:\n{log_tail()}")
+        try:
+            return ping(path)
+        except (OSError, FrameError):
+            time.sleep(0.3)
+    raise TimeoutError(f"the worker at {path} did not answer within {seconds:g} s:\n{log_tail()}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,13 +7,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from fedlora import protocol as P
 from fedlora.config.load import compose, node_view, to_yaml
-from fedlora.deploy.messages import ClientTask, FrameError
+from fedlora.deploy.messages import ClientTask
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,16 +33,10 @@ class WorkerProcess:
                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, seconds: float = 120.0) -> dict[str, Any]:
-        from fedlora.deploy.worker import ping
+        from fedlora.deploy.worker import wait_until_ready
 
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                return ping(self.socket)
-            except (OSError, FrameError):
-                time.sleep(0.3)
-        raise AssertionError(f"the worker did not answer within {seconds} s:\n{self.log.read_text()[-3000:]}")
+        return wait_until_ready(self.socket, lambda: self.proc.poll() is None, seconds,
+                                lambda: self.log.read_text()[-3000:])
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc.poll() is None:
