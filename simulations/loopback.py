@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -29,6 +31,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace_s: float = 30.0) -> None:
+    """Signal ``proc``'s session, then SIGKILL it and every descendant found before the signal.
+
+    Descendants are collected first because Flower's executors may start processes in sessions of
+    their own, and once their parent is gone they are re-parented and no longer reachable: a
+    ``flwr-serverapp`` whose SuperLink was stopped mid-run otherwise keeps retrying for good.
+    """
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        tree = []
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for child in tree:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    proc.wait(timeout=10)
 
 
 def toml_node_config(values: dict[str, Any]) -> str:
@@ -88,19 +114,10 @@ class LoopbackDeployment:
         return proc
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Signal ``name``'s whole session; after it exits, SIGKILL whatever of the session is left
-        (a ``flwr-serverapp`` whose SuperLink is gone keeps retrying in its exit handler)."""
+        """Stop ``name`` and everything it started (:func:`stop_process`)."""
         proc = self.procs.get(name)
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+        if proc is not None:
+            stop_process(proc, sig)
 
     def start(self) -> LoopbackDeployment:
         self.base.mkdir(parents=True, exist_ok=True)

@@ -5,11 +5,9 @@ children at the end; every wait is bounded."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -19,7 +17,7 @@ import pytest
 
 from fedlora.deploy.credentials import write_credentials
 from fedlora.results import read_jsonl
-from simulations.loopback import BIN, ROOT, free_port
+from simulations.loopback import BIN, ROOT, free_port, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -53,17 +51,8 @@ def launcher(tmp_path):
 
     start.env = env  # type: ignore[attr-defined]
     yield start
-    for proc in procs:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-    for proc in procs:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=20)
-        with contextlib.suppress(ProcessLookupError):  # the session's stragglers too (a flwr-serverapp
-            os.killpg(proc.pid, signal.SIGKILL)         # outliving its SuperLink keeps retrying)
-        proc.wait(timeout=10)
+    for proc in procs:  # each with everything it started, whatever session that is in
+        stop_process(proc, grace_s=20)
 
 
 @pytest.mark.skipif(shutil.which("flower-superlink", path=str(BIN)) is None,
