@@ -17,6 +17,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedlora.deploy.messages import ClientTask, TaskReply
+from fedlora.packing import pack, unpack
 
 app = ClientApp()
 
@@ -32,7 +33,8 @@ def to_task(kind: str, msg: Message, context: Context) -> ClientTask:
         kind=kind,
         configs={name: {k: _plain(v) for k, v in rec.items()}
                  for name, rec in content.config_records.items()},
-        arrays={name: {k: a.numpy() for k, a in rec.items()} for name, rec in content.array_records.items()},
+        arrays={name: unpack({k: a.numpy() for k, a in rec.items()})
+                for name, rec in content.array_records.items()},
         node_config=dict(context.node_config),
     )
 
@@ -41,7 +43,7 @@ def to_content(reply: TaskReply) -> RecordDict:
     """A reply's records as Flower records."""
     records: dict[str, Any] = {name: ConfigRecord(values) for name, values in reply.configs.items()}
     records.update({name: MetricRecord(values) for name, values in reply.metrics.items()})
-    records.update({name: ArrayRecord(array_dict={k: Array(v) for k, v in arrays.items()})
+    records.update({name: ArrayRecord(array_dict={k: Array(v) for k, v in pack(arrays).items()})
                     for name, arrays in reply.arrays.items()})
     return RecordDict(records)
 

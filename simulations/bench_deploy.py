@@ -2,6 +2,7 @@
 
     python -m simulations.bench_deploy                          # smoke preset, 2 nodes, 5 rounds
     python -m simulations.bench_deploy --rounds 3 preset=smoke strategy=hetlora lora.ranks=[2,4]
+    python -m simulations.bench_deploy --superexec-poll-s 0.1   # SuperNodes poll for tasks faster
 
 Both deployments run one after the other in this process with the same config and seeds (a
 SuperLink and two SuperNodes on 127.0.0.1, each in its own directory and FLWR_HOME; with
@@ -26,6 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from simulations.loopback import LoopbackDeployment
+
+# How often each SuperNode's SuperExec asks for a task to launch (a Flower setting, 0.01..): every
+# message waits half of it on average before its ClientApp process starts.
+POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -61,12 +66,13 @@ def adapter_sha(run_dir: Path) -> str:
 
 
 def deploy_once(base: Path, workers: bool, rounds: int, overrides: list[str],
-                node_extra: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], Path, float]:
+                node_extra: dict[str, str] | None = None,
+                env: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], Path, float]:
     run_dir = base / "server-run"
     nodes = [{"partition-id": i, "num-partitions": 2, **(node_extra or {})} for i in range(2)]
     text = " ".join([*overrides, f"federation.num_rounds={rounds}", "federation.fraction_evaluate=1.0",
                      f"output_dir={run_dir}"])
-    with LoopbackDeployment(base, nodes, workers=workers) as dep:
+    with LoopbackDeployment(base, nodes, workers=workers, env=env) as dep:
         t0 = time.perf_counter()
         done = dep.run(text)
         wall = time.perf_counter() - t0
@@ -96,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, default=None, help="keep the run directories here")
     parser.add_argument("--node", action="append", default=[], metavar="KEY=VALUE",
                         help="add to both nodes' node config, e.g. --node corpus-path=/data/foldoc")
+    parser.add_argument("--superexec-poll-s", type=float, default=None, metavar="S",
+                        help="FLWR_SUPEREXEC_TASK_POLL_INTERVAL for the SuperNodes (Flower's default: 1 s)")
     parser.add_argument("overrides", nargs="*", default=["preset=smoke"], help="Hydra overrides")
     args = parser.parse_args(argv)
     base = args.keep or Path(tempfile.mkdtemp(prefix="bench-deploy-"))
@@ -103,11 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         parser.error(f"--node: expected KEY=VALUE, got {bad}")
     node_extra = dict(n.split("=", 1) for n in args.node)
+    env = {} if args.superexec_poll_s is None else {POLL_ENV: str(args.superexec_poll_s)}
+    print(f"{POLL_ENV}={env.get(POLL_ENV, '(Flower default, 1 s)')}")
     results = {}
     for workers in (False, True):
         label = "with workers" if workers else "without workers (a ClientApp process per message)"
         rows, run_dir, wall = deploy_once(base / ("workers" if workers else "in-process"), workers,
-                                          args.rounds, args.overrides, node_extra)
+                                          args.rounds, args.overrides, node_extra, env)
         show(label, rows, wall)
         results[workers] = (rows, run_dir)
     without, with_ = mean_overhead(results[False][0]), mean_overhead(results[True][0])

@@ -12,11 +12,13 @@ from flwr.app import Array, ArrayRecord
 
 from fedlora.lora.keys import LoraState
 from fedlora.lora.wire import state_from_numpy, state_to_numpy
+from fedlora.packing import pack, unpack
 
 
 def to_arrayrecord(state: LoraState, wire_dtype: str = "float32") -> ArrayRecord:
-    """Encode a state as an ArrayRecord (keys kept, tensors cast to ``wire_dtype``)."""
-    arrays = {key: Array(nd) for key, nd in state_to_numpy(state, wire_dtype).items()}
+    """Encode a state as an ArrayRecord of two arrays (:func:`fedlora.packing.pack`: keys and shapes
+    kept, tensors cast to ``wire_dtype``)."""
+    arrays = {key: Array(nd) for key, nd in pack(state_to_numpy(state, wire_dtype)).items()}
     return ArrayRecord(array_dict=arrays)
 
 
@@ -26,9 +28,10 @@ def from_arrayrecord(record: ArrayRecord, wire_dtype: str = "float32") -> LoraSt
     Raises
     ------
     ValueError
-        If an array's dtype does not match the declared wire dtype.
+        If an array's dtype does not match the declared wire dtype, or a packed record's layout
+        does not match its values (:class:`fedlora.packing.PackingError`).
     """
-    return state_from_numpy({key: array.numpy() for key, array in record.items()}, wire_dtype)
+    return state_from_numpy(unpack({key: array.numpy() for key, array in record.items()}), wire_dtype)
 
 
 def record_nbytes(record: ArrayRecord) -> int:

@@ -41,11 +41,11 @@ def test_strategy_runs_with_mixed_ranks_on_nf4_and_exports(strategy, tmp_path):
         from fedlora.lora.codec import record_nbytes, to_arrayrecord
 
         audit = load_file(str(next((tmp_path / "audit" / "round-0001").glob("client-*.safetensors"))))
-        b_shapes = [t.shape[0] for k, t in audit.items() if k.endswith("lora_B.weight")]
+        b_shapes = {k: t.shape[0] for k, t in audit.items() if k.endswith("lora_B.weight")}
 
         def b_only(rank: int) -> int:
-            # what a B-only record of this rank weighs on the wire (npy headers too)
-            zeros = {f"m{i}.lora_B.weight": torch.zeros(o, rank) for i, o in enumerate(b_shapes)}
+            # what a B-only record of this rank weighs on the wire (npy header and layout too)
+            zeros = {k: torch.zeros(o, rank) for k, o in b_shapes.items()}
             return record_nbytes(to_arrayrecord(zeros))
 
         assert [c["bytes_up"] for c in clients] == [b_only(c["rank"]) for c in clients]
