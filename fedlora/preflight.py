@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoint", "adapter", "clients.jsonl")
 #: What ``overwrite=true`` removes before the new run starts.
 RUN_OUTPUTS = (*RUN_MARKERS, "metrics.csv", "metrics.png", "rejected.jsonl", "audit", "merged",
-               "resumes.jsonl")
+               "resumes.jsonl", "tensorboard")
 
 
 class PreflightError(ConfigError):
@@ -113,6 +113,10 @@ def preflight(cfg: RunConfig, out_dir: Path, check_model: bool = True) -> list[s
     from fedlora.data.checks import check_data
 
     problems = output_problems(cfg, out_dir)
+    if cfg.tensorboard:
+        from fedlora.results.tensorboard import tensorboard_problem
+
+        problems += [p for p in [tensorboard_problem()] if p]
     report = check_data(cfg)
     problems += report.problems
     if check_model and not any(p.startswith("model.source") for p in problems):

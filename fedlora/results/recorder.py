@@ -36,8 +36,11 @@ _TABLE = [
 class RunRecorder:
     """Collects round rows and client rows for one run directory."""
 
-    def __init__(self, out_dir: Path, task: str):
+    def __init__(self, out_dir: Path, task: str, listeners: list[Any] | None = None):
         self.out_dir = Path(out_dir)
+        # Views of the run (live progress display, TensorBoard): each has on_round_start(round),
+        # on_client(row) and on_round_end(row); the files written here stay the record.
+        self.listeners = list(listeners or [])
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.task = task
         self.rows: list[dict[str, Any]] = []
@@ -51,6 +54,8 @@ class RunRecorder:
     def start_round(self, server_round: int) -> None:
         self._round_start = time.perf_counter()
         self._pending = {"round": server_round}
+        for listener in self.listeners:
+            listener.on_round_start(server_round)
 
     def add(self, **values: Any) -> None:
         """Add values to the current round's row."""
@@ -58,6 +63,8 @@ class RunRecorder:
 
     def add_client(self, row: dict[str, Any]) -> None:
         self.clients.append(row)
+        for listener in self.listeners:
+            listener.on_client(row)
 
     def add_rejected(self, row: dict[str, Any]) -> None:
         who = f"partition {row['partition_id']}" if "partition_id" in row else f"node {row.get('node_id')}"
@@ -81,6 +88,8 @@ class RunRecorder:
         self._pending = {}
         self.write()
         self._print_row(row)
+        for listener in self.listeners:
+            listener.on_round_end(row)
         return row
 
     # -- files -----------------------------------------------------------------------------

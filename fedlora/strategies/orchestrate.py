@@ -29,6 +29,7 @@ from fedlora.lora.init import initial_state
 from fedlora.models.build import base_model_loads
 from fedlora.results import RunRecorder
 from fedlora.results.plots import plot_run
+from fedlora.results.views import close_views, open_views
 from fedlora.strategies.audit import Auditor
 from fedlora.strategies.discovery import discover_nodes
 from fedlora.strategies.lora_strategy import LoraStrategy, NodeInfo
@@ -96,14 +97,19 @@ def run_server(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
 
     remaining = cfg.federation.num_rounds - done
     failure = ""
-    if remaining > 0:
-        try:
+    views = open_views(cfg.progress, cfg.tensorboard, cfg.federation.num_rounds, out_dir, done)
+    recorder.listeners += views
+    try:
+        if remaining > 0:
             strategy.start(grid=grid, initial_arrays=to_arrayrecord(aggregator.global_adapter().state),
                            num_rounds=remaining, timeout=cfg.federation.round_timeout_s,
                            evaluate_fn=end_of_round)
-        except RunFailed as err:
-            failure = str(err)
-            log.error("run stopped: %s", failure)
+    except RunFailed as err:
+        failure = str(err)
+        log.error("run stopped: %s", failure)
+    finally:
+        close_views(views)
+        recorder.listeners = [v for v in recorder.listeners if v not in views]
     return _finish(cfg, out_dir, aggregator, evaluator, recorder, nodes, progress,
                    time.perf_counter() - t0, failure)
 

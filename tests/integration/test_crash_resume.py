@@ -19,10 +19,11 @@ import pytest
 
 from fedlora.config import compose
 from fedlora.results import read_jsonl
+from fedlora.results.tensorboard import read_scalars
 from tests.integration.runs import ROOT, checkpointed_round, start_run, wait_for_checkpoint
 
 pytestmark = pytest.mark.integration
-SMOKE = ["preset=smoke", "federation.num_rounds=4"]
+SMOKE = ["preset=smoke", "federation.num_rounds=4", "tensorboard=true"]
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
@@ -76,6 +77,11 @@ def test_sigkill_after_round_2_then_resume_gives_identical_bytes(tmp_path):
         assert {k: got[k] for k in gaps} == pytest.approx({k: want[k] for k in gaps}, rel=1e-6)
     resumes = read_jsonl(killed / "resumes.jsonl")
     assert [r["after_round"] for r in resumes] == [done]
+    # TensorBoard: each round once, the killed run's rounds after its checkpoint purged
+    for run in (killed, straight):
+        curve = read_scalars(run / "tensorboard")["eval/loss"]
+        assert [step for step, _ in curve] == [0, 1, 2, 3, 4]
+        assert [v for _, v in curve] == pytest.approx([r["eval_loss"] for r in straight_rows], rel=1e-6)
     assert (killed / "config.yaml").read_text() == original_config  # the resume is in resumes.jsonl
 
 
