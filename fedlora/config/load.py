@@ -77,7 +77,8 @@ def cross_checks(cfg: RunConfig) -> list[str]:
             f"model.task is {cfg.model.task!r}"
         )
     if cfg.data.partitioner == "dirichlet" and cfg.model.task != "classification":
-        out.append("data.partitioner: 'dirichlet' splits by label and needs model.task='classification'")
+        out.append("data.partitioner: 'dirichlet' splits by label and needs model.task='classification'; "
+                   "use 'auto' (iid for causal LM), 'iid' or 'by_field'")
     if cfg.export.merged and cfg.model.quantization != "none":
         out.append("export.merged: a merged full model needs an unquantized base (model.quantization='none')")
     if cfg.model.quantization == "nf4" and cfg.model.dtype == "float16":

@@ -21,8 +21,9 @@ import numpy as np
 
 from fedlora.config.schema import RunConfig
 from fedlora.data.central import column_values
+from fedlora.data.chat_formats import causal_columns, causal_shape
 from fedlora.data.formatting import tokenize_dataset
-from fedlora.data.partition import ClientData, FederatedSplits, build_splits
+from fedlora.data.partition import ClientData, FederatedSplits, build_splits, resolve_partitioner
 from fedlora.data.sources import load_source
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,9 @@ def _check_sizes(
     report: DataReport, cfg: RunConfig, splits: FederatedSplits, clients: list[ClientData]
 ) -> None:
     data, n = cfg.data, splits.num_partitions
-    how = f"data.partitioner={data.partitioner}, federation.num_clients={n}"
+    used = resolve_partitioner(data.partitioner, cfg.model.task)
+    shown = data.partitioner if used == data.partitioner else f"{data.partitioner} ({used})"
+    how = f"data.partitioner={shown}, federation.num_clients={n}"
     empty = [_partition_name(splits, i) for i, c in enumerate(clients) if len(c.train) == 0]
     if empty:
         report.problems.append(
@@ -183,19 +186,25 @@ def _check_lengths(
     if not parts:
         return
     task, limit = cfg.model.task, cfg.model.max_length
-    columns = ["text", "label"] if task == "classification" else ["prompt", "response"]
+    columns = ["text", "label"] if task == "classification" else causal_columns(parts[0].column_names)
     sample = _sample(parts, columns, sample_size, cfg.data.seed)
-    tokenized = tokenize_dataset(sample, tokenizer, task, _NO_LIMIT)
+    try:
+        tokenized = tokenize_dataset(sample, tokenizer, task, _NO_LIMIT)
+    except ValueError as err:  # e.g. a chat template that refuses a system turn: fail here, not in a worker
+        report.problems.append(_problem(err, cfg))
+        return
     lengths = np.array([len(ids) for ids in tokenized["input_ids"][:]])
     if not len(lengths):
         return
     total = sum(len(p) for p in parts)
     cut = int((lengths > limit).sum())
-    what = "prompt+response tokens (with the chat template)" if task == "causal_lm" else "tokens"
+    shape = causal_shape(columns) if task == "causal_lm" else None
+    what = {"pair": "prompt+response tokens (with the chat template)", "chat": "conversation tokens (with "
+            "the chat template)"}.get(str(shape), "tokens")  # fmt: skip
     sampled = len(lengths) < total
     scope = f"{len(lengths)} examples sampled from {total}" if sampled else f"all {total} examples"
     stats = f"median {int(np.median(lengths))} {what}, longest {int(lengths.max())}"
-    how = "prompt start first, then response end" if task == "causal_lm" else "end of the text"
+    how = "prompt start first, then response end" if shape in ("pair", "chat") else "end of the text"
     message = (
         f"model.max_length: {cut} of {scope} ({cut / len(lengths):.1%}) are longer than {limit} "
         f"tokens and will be cut ({how}); {stats}"

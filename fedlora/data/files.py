@@ -1,10 +1,11 @@
 """User-supplied data: local files (``data.source=files``) and hub / saved datasets (``data.source=hf``).
 
-Why one module: both end in :func:`canonicalize`, which maps the configured field names to the
-canonical columns the rest of ``fedlora`` relies on, drops rows without a usable value (with a logged
-count, never as an extra class) and gives labels a ``ClassLabel`` type, so that stratified splits and
-Dirichlet partitioning work as for the built-in corpora. Errors are one line, start with the config
-field and name the file: a user's file fails in its first second, not as a library traceback later.
+Why one module: both end in :func:`canonicalize`, which maps the configured field names (or, for causal
+LMs, the ``data.format``) to the canonical columns the rest of ``fedlora`` relies on, drops rows without
+a usable value (with a logged count, never as an extra class) and gives labels a ``ClassLabel`` type,
+so that stratified splits and Dirichlet partitioning work as for the built-in corpora. Errors are one
+line, start with the config field and name the file (and line): a user's file fails in its first
+second, not as a library traceback later. Hub loading lives in :mod:`fedlora.data.hub`.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 from pathlib import Path
 
 import datasets
 
 from fedlora.config.schema import DataConfig
+from fedlora.data.chat_formats import canonical_rows, detection_hint, resolve_format, with_system_prompt
+from fedlora.data.chat_rows import row_locator
+from fedlora.data.json_rows import read_json_rows
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +111,13 @@ def _read_file(path: Path, builder: str, shown: str) -> datasets.Dataset:
             raise ValueError(
                 f"data.path: file '{shown}' has no data rows (only a header or blank lines); {expected}"
             ) from err
-        reason = (_text_problem(path, builder) if builder != "parquet" else None) or _root_cause(err)
+        problem = _text_problem(path, builder) if builder != "parquet" else None
+        reason = problem or _root_cause(err)
+        if builder == "json" and problem is None:  # valid JSON objects throughout: mixed value types
+            try:
+                return read_json_rows(path, reason)
+            except Exception as json_err:  # e.g. array items that are not objects: report datasets' reason
+                logger.debug("reading %s with json failed too", path, exc_info=json_err)
         raise ValueError(
             f"data.path: file '{shown}' is not readable as {suffix.lstrip('.')}: {reason}; {expected}"
         ) from err
@@ -144,32 +153,6 @@ def load_files(cfg: DataConfig) -> datasets.Dataset:
             f"expected one of {sorted(FILE_BUILDERS)} or a save_to_disk directory"
         )
     return _read_file(path, builder, cfg.path)
-
-
-def load_hub(cfg: DataConfig) -> datasets.Dataset:
-    """``datasets.load_dataset(data.path, split=data.split)``, or a local ``save_to_disk`` directory.
-
-    Raises ``FileNotFoundError`` if the hub dataset cannot be loaded (typically: no network and not in
-    the local cache), ``ValueError`` if it exists but ``data.split`` does not.
-    """
-    local = Path(cfg.path).expanduser()
-    if local.is_dir() and any((local / marker).is_file() for marker in _SAVED_MARKERS):
-        return load_saved(local, cfg.split)
-    try:
-        return datasets.load_dataset(cfg.path, split=cfg.split)
-    except ValueError as err:
-        raise ValueError(
-            f"data.split / data.path: cannot load split '{cfg.split}' of '{cfg.path}': {_one_line(err, 300)}"
-        ) from err
-    except Exception as err:
-        offline = os.environ.get("HF_DATASETS_OFFLINE", "") or os.environ.get("HF_HUB_OFFLINE", "")
-        raise FileNotFoundError(
-            f"data.path: hub dataset '{cfg.path}' (data.split='{cfg.split}') could not be loaded "
-            f"({type(err).__name__}: {_one_line(err)}). Without network access (HF offline "
-            f"mode={offline or 'unset'}) only datasets already in the local Hugging Face cache load; save "
-            "it elsewhere with Dataset.save_to_disk and set data.path to that directory, or use "
-            "data.source=files"
-        ) from err
 
 
 def _check_column(ds: datasets.Dataset, field: str, column: str, origin: str) -> None:
@@ -280,27 +263,37 @@ def canonicalize(ds: datasets.Dataset, cfg: DataConfig, task: str, origin: str) 
     cfg : DataConfig
         Supplies the field names and ``data.partition_field`` (kept, under its own name, if present).
     task : str
-        ``"classification"`` -> columns ``text``, ``label`` (``ClassLabel``); ``"causal_lm"`` ->
-        ``prompt``, ``response``. Rows whose value in one of these columns is missing, NaN, empty or
-        whitespace-only are dropped with a warning per column (count and first rows).
+        ``"classification"`` -> ``text``, ``label`` (``ClassLabel``); ``"causal_lm"`` -> a canonical shape
+        of :mod:`fedlora.data.chat_formats` for ``data.format``, with ``data.system_prompt`` applied.
+        Rows with a missing/NaN/blank text, label, prompt or response are dropped with a warning.
     origin : str
         Where the data came from, for error messages.
 
     Raises
     ------
     ValueError
-        A configured column is missing or has the wrong type, holds no usable value at all, or the
-        labels are neither strings nor non-negative integers.
+        A configured column is missing or has the wrong type, a malformed causal row (named by file
+        and line or row), no usable value at all, or labels neither strings nor non-negative integers.
     """
+    guessed = False
     if task == "classification":
         mapping = {"text_field": (cfg.text_field, "text"), "label_field": (cfg.label_field, "label")}
+        if cfg.format != "auto":
+            raise ValueError(f"data.format: '{cfg.format}' is for model.task='causal_lm'; use 'auto' here")
     else:
+        fmt, guessed = resolve_format(ds.column_names, cfg, origin)
+        if fmt != "prompt_response":
+            ds = canonical_rows(ds, fmt, cfg, origin, row_locator(cfg, origin))
+            return with_system_prompt(ds, cfg.system_prompt, origin)
         mapping = {
             "prompt_field": (cfg.prompt_field, "prompt"),
             "response_field": (cfg.response_field, "response"),
         }
-    for field, (column, _) in mapping.items():
-        _check_column(ds, field, column, origin)
+    try:
+        for field, (column, _) in mapping.items():
+            _check_column(ds, field, column, origin)
+    except ValueError as err:
+        raise (ValueError(f"{err}{detection_hint(cfg)}") if guessed else err) from None
     sources = {column for column, _ in mapping.values()}
     canonical = {name for _, name in mapping.values()}
     group = cfg.partition_field
@@ -312,5 +305,5 @@ def canonicalize(ds: datasets.Dataset, cfg: DataConfig, task: str, origin: str) 
             _check_strings(ds, field, column, name, origin)
     ds = _drop_blank_rows(ds, mapping, origin)
     if task == "classification":
-        ds = _to_class_label(ds, cfg.label_field, origin)
-    return ds
+        return _to_class_label(ds, cfg.label_field, origin)
+    return with_system_prompt(ds, cfg.system_prompt, origin)

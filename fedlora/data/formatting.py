@@ -1,8 +1,9 @@
 """Tokenization and batching: canonical rows -> ``input_ids`` / ``attention_mask`` / ``labels``.
 
 Why here and not in training: the loss mask is a data decision. For causal LM only the response is
-learned (prompt positions get label ``-100``), using the model's own chat template when it has one
-so that fine-tuned adapters answer in the format the model is prompted with at inference. Tokenized
+learned (prompt positions get label ``-100``; chat rows learn every assistant turn and plain-text rows
+every token, see :mod:`fedlora.data.chat_tokens`), using the model's own chat template when it has
+one so that fine-tuned adapters answer in the format the model is prompted with at inference. Tokenized
 datasets are memoised per tokenizer (weakly) and per dataset fingerprint, because every round of a
 simulation re-serves the same client data and re-tokenizing would dominate short rounds.
 """
@@ -161,7 +162,8 @@ def tokenize_dataset(ds: datasets.Dataset, tokenizer: Any, task: str, max_length
     Parameters
     ----------
     ds : datasets.Dataset
-        Classification: columns ``text``, ``label``. Causal LM: ``prompt``, ``response``.
+        Classification: columns ``text``, ``label``. Causal LM: ``prompt``, ``response``, or
+        ``messages`` (chat turns) or ``text`` (see :mod:`fedlora.data.chat_formats`).
     tokenizer : transformers.PreTrainedTokenizerBase
         Any fast or slow Hugging Face tokenizer.
     task : str
@@ -175,18 +177,20 @@ def tokenize_dataset(ds: datasets.Dataset, tokenizer: Any, task: str, max_length
         Exactly the columns ``input_ids``, ``attention_mask``, ``labels`` (python lists / ints).
         Causal LM: ``labels`` is ``-100`` on prompt tokens and the token id on response tokens (the
         response ends with the end-of-turn token, see :func:`end_of_turn_token`); rows left without any
-        response token after truncation are dropped.
+        response token after truncation are dropped. Chat rows label every assistant turn, text rows
+        every token (:mod:`fedlora.data.chat_tokens`).
     """
-    if task == "classification":
-        required = ("text", "label")
-    elif task == "causal_lm":
-        required = ("prompt", "response")
-    else:
+    from fedlora.data import chat_tokens  # imports this module
+    from fedlora.data.chat_formats import SHAPES, causal_shape
+
+    if task not in ("classification", "causal_lm"):
         raise ValueError(f"model.task: expected 'classification' or 'causal_lm', got {task!r}")
-    missing = [c for c in required if c not in ds.column_names]
-    if missing:
+    shape = causal_shape(ds.column_names) if task == "causal_lm" else None
+    if shape is None and not (task == "classification" and {"text", "label"} <= set(ds.column_names)):
+        needs = [["text", "label"]] if task == "classification" else [list(c) for c in SHAPES.values()]
         raise ValueError(
-            f"tokenize_dataset: task '{task}' needs columns {list(required)}, dataset has {ds.column_names}"
+            f"tokenize_dataset: task '{task}' needs columns {' or '.join(map(str, needs))}, "
+            f"dataset has {ds.column_names}"
         )
     if max_length < 2:
         raise ValueError(f"model.max_length: expected >= 2, got {max_length}")
@@ -203,6 +207,10 @@ def tokenize_dataset(ds: datasets.Dataset, tokenizer: Any, task: str, max_length
     def fn(batch: dict[str, list]) -> dict[str, list]:
         if task == "classification":
             return _classification_batch(batch, tokenizer, max_length)
+        if shape == "chat":
+            return chat_tokens.chat_batch(batch, tokenizer, max_length, end_token)
+        if shape == "text":
+            return chat_tokens.text_batch(batch, tokenizer, max_length)
         return _causal_batch(batch, tokenizer, max_length, end_token)
 
     out = ds.map(

@@ -26,6 +26,7 @@ import datasets
 
 from fedlora.config.schema import DataConfig
 from fedlora.data.central import column_values
+from fedlora.data.chat_formats import causal_columns
 from fedlora.data.files import canonicalize, load_files
 from fedlora.data.partition import ClientData, FederatedSplits
 from fedlora.data.sources import check_task
@@ -88,7 +89,7 @@ def _canonical(cfg: DataConfig, task: str, path: str, labels: Sequence[str] | No
     """The whole file as canonical columns; classification ids follow the server's ``labels``."""
     ds = _read(cfg, task, path)
     if task != "classification":
-        return ds.select_columns(["prompt", "response"])
+        return ds.select_columns(causal_columns(ds.column_names))  # prompt/response, messages or text
     assert labels is not None  # checked by load_node_data before reading
     ids = _label_ids(ds, labels, path)
     feature = datasets.ClassLabel(names=[str(name) for name in labels])

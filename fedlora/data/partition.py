@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import datasets
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner
 
+from fedlora.config.choices import PARTITIONERS
 from fedlora.config.schema import DataConfig
 from fedlora.data.central import column_values, split_central_test
 from fedlora.data.sources import check_task, load_source
@@ -137,10 +138,18 @@ def _natural_ids(partitioner: NaturalIdPartitioner) -> dict[int, str]:
     return partitioner.partition_id_to_natural_id
 
 
+def resolve_partitioner(partitioner: str, task: str) -> str:
+    """``data.partitioner`` with ``auto`` made concrete: label skew (``dirichlet``) needs labels, so
+    ``auto`` is ``dirichlet`` for classification and ``iid`` for causal LM; others are unchanged."""
+    if partitioner != "auto":
+        return partitioner
+    return "dirichlet" if task == "classification" else "iid"
+
+
 def partition_pool(
     pool: datasets.Dataset, cfg: DataConfig, task: str, num_partitions: int
 ) -> tuple[tuple[datasets.Dataset, ...], tuple[str, ...] | None]:
-    """Partition the pool with ``data.partitioner``.
+    """Partition the pool with ``data.partitioner`` (``auto``: see :func:`resolve_partitioner`).
 
     Returns
     -------
@@ -156,11 +165,14 @@ def partition_pool(
             "remain after removing the central test set"
         )
     groups = None
-    if cfg.partitioner == "iid":
+    partitioner_name = resolve_partitioner(cfg.partitioner, task)
+    if partitioner_name != cfg.partitioner:
+        logger.info("data.partitioner=auto: '%s' for model.task=%s", partitioner_name, task)
+    if partitioner_name == "iid":
         partitioner = IidPartitioner(num_partitions=num_partitions)
         partitioner.dataset = pool
         parts = [partitioner.load_partition(i) for i in range(num_partitions)]
-    elif cfg.partitioner == "dirichlet":
+    elif partitioner_name == "dirichlet":
         if task != "classification":
             raise ValueError(
                 f"data.partitioner: 'dirichlet' splits by label and needs model.task='classification', "
@@ -183,13 +195,13 @@ def partition_pool(
                 f"examples into {num_partitions} partitions failed (alpha={cfg.dirichlet_alpha}, "
                 f"min_partition_size={cfg.min_partition_size}): {err}"
             ) from err
-    elif cfg.partitioner == "by_field":
+    elif partitioner_name == "by_field":
         parts, groups = _by_field(pool, cfg, task, num_partitions)
     else:
         raise ValueError(
-            f"data.partitioner: expected one of ['iid', 'dirichlet', 'by_field'], got {cfg.partitioner!r}"
+            f"data.partitioner: expected one of {list(PARTITIONERS)}, got {cfg.partitioner!r}"
         )
-    logger.info("%s partitions: sizes %s", cfg.partitioner, [len(p) for p in parts])
+    logger.info("%s partitions: sizes %s", partitioner_name, [len(p) for p in parts])
     return tuple(parts), groups
 
 

