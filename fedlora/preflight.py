@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoint", "adapter", "clients.jsonl")
 #: What ``overwrite=true`` removes before the new run starts.
 RUN_OUTPUTS = (*RUN_MARKERS, "metrics.csv", "metrics.png", "rejected.jsonl", "audit", "merged",
-               "resumes.jsonl", "tensorboard")
+               "resumes.jsonl", "samples", "tensorboard")
 
 
 class PreflightError(ConfigError):
@@ -75,7 +75,8 @@ def output_problems(cfg: RunConfig, out_dir: Path) -> list[str]:
 
 
 def model_problems(cfg: RunConfig) -> list[str]:
-    """Resolve ``model.source`` and match ``lora.target_modules`` without loading any weights."""
+    """Resolve ``model.source`` and match ``lora.target_modules`` (or resolve the ``lora.targets``
+    preset) without loading any weights."""
     from fedlora.models.sources import ModelSourceError, resolve_model
 
     try:
@@ -87,13 +88,14 @@ def model_problems(cfg: RunConfig) -> list[str]:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
         from fedlora.models.peft_wrap import check_target_modules
+        from fedlora.models.targets import resolve_target_modules
 
         config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
         classify = cfg.model.task == "classification"
         auto = AutoModelForSequenceClassification if classify else AutoModelForCausalLM
         with torch.device("meta"):
             skeleton = auto.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
-        check_target_modules(skeleton, list(cfg.lora.target_modules))
+        check_target_modules(skeleton, resolve_target_modules(skeleton, cfg.lora))
     except ValueError as err:
         msg = str(err)
         return [msg if msg.startswith(("lora.", "model.")) else f"model.source: {path}: {msg}"]
@@ -102,8 +104,64 @@ def model_problems(cfg: RunConfig) -> list[str]:
     return []
 
 
-def preflight(cfg: RunConfig, out_dir: Path, check_model: bool = True) -> list[str]:
+def device_problems(cfg: RunConfig, cuda: bool | None = None) -> tuple[list[str], list[str]]:
+    """Problems and warnings about the device the *simulated* clients will train on.
+
+    Why here: the clients of a simulation are Ray actors on this machine, so whether they get a GPU
+    is known before anything starts, and a CUDA-only choice would otherwise fail in every client of
+    round 1. Ray hides every GPU from an actor that requests none (it sets
+    ``CUDA_VISIBLE_DEVICES=""``), so on a GPU machine clients see the GPU only with
+    ``federation.client_num_gpus > 0``. A deployment's nodes decide their own device
+    (:func:`fedlora.training.node.node_facts`) and check it when they train.
+
+    Parameters
+    ----------
+    cfg
+        The run config.
+    cuda
+        Whether this machine has a CUDA device (``None``: ask torch).
+
+    Returns
+    -------
+    tuple[list[str], list[str]]
+        ``(problems, warnings)``.
+    """
+    from fedlora.training.optim import NEEDS_CUDA
+
+    device, optimizer = cfg.model.device, cfg.train.optimizer
+    if device not in ("auto", "cuda"):
+        return [], []  # cpu/mps with a CUDA-only optimizer is a config error (fedlora.config.load)
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    wants = [f"model.device={device!r}"] if device == "cuda" else []
+    if optimizer in NEEDS_CUDA:
+        wants.append(f"train.optimizer={optimizer!r}")
+    field = "train.optimizer" if optimizer in NEEDS_CUDA else "model.device"
+    need = "needs" if len(wants) == 1 else "need"
+    if not cuda:
+        if not wants:
+            return [], []  # auto on a CPU machine: CPU, as asked
+        fix = ("use model.device=cpu" if field == "model.device"
+               else "use train.optimizer=adamw or adamw_8bit")
+        return [f"{field}: {' and '.join(wants)} {need} a CUDA device, and this machine has none "
+                f"(torch.cuda.is_available() is False); {fix}"], []
+    if cfg.federation.client_num_gpus > 0:
+        return [], []
+    hidden = ("federation.client_num_gpus=0 makes Ray hide this machine's GPU from the simulated clients "
+              "(CUDA_VISIBLE_DEVICES=''); set federation.client_num_gpus, e.g. 0.25 for four clients per GPU")
+    if wants:
+        return [f"federation.client_num_gpus: {' and '.join(wants)} {need} a GPU in every client, "
+                f"but {hidden}"], []
+    return [], [f"model.device=auto: the clients will train on CPU: {hidden}"]
+
+
+def preflight(cfg: RunConfig, out_dir: Path, check_model: bool = True, simulation: bool = True) -> list[str]:
     """Check data, model, output directory and resume; return the warnings.
+
+    ``simulation``: the clients run on this machine (fedlora's Simulation Engine), so their device
+    is checked here too (:func:`device_problems`); ``flwr run`` passes ``False``.
 
     Raises
     ------
@@ -121,11 +179,16 @@ def preflight(cfg: RunConfig, out_dir: Path, check_model: bool = True) -> list[s
     problems += report.problems
     if check_model and not any(p.startswith("model.source") for p in problems):
         problems += model_problems(cfg)
+    warnings = list(report.warnings)
+    if simulation:
+        device, device_warnings = device_problems(cfg)
+        problems += device
+        warnings += device_warnings
     if problems:
         raise PreflightError(problems)
-    for warning in report.warnings:
+    for warning in warnings:
         log.warning("%s", warning)
-    return list(report.warnings)
+    return warnings
 
 
 def clear_previous_run(out_dir: Path) -> list[str]:

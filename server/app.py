@@ -36,7 +36,7 @@ def make_server_app(cfg: RunConfig | None = None, out_dir: Path | None = None,
         default_dir = f"outputs/flwr-{time.strftime('%Y%m%d-%H%M%S')}"
         target = out_dir or Path(run_cfg.resume or run_cfg.output_dir or default_dir)
         if cfg is None:  # flwr run: nothing has checked the data, model and output directory yet
-            preflight(run_cfg, target)
+            preflight(run_cfg, target, simulation=False)  # the nodes check their own devices
             if run_cfg.overwrite:
                 clear_previous_run(target)
         # Flower's own send_and_receive sleeps 3 s between polls for replies; polling every 0.2 s

@@ -58,7 +58,8 @@ def main(dcfg: DictConfig) -> None:
     check = summary.get("export_check", {})
     print(f"\nfedlora: {summary['strategy']} on {summary['model']}/{summary['data']}, "
           f"{summary['num_clients']} clients x {summary['rounds']} rounds in {summary['seconds']:.0f} s")
-    for key in ("eval_accuracy", "eval_macro_f1", "eval_loss", "eval_perplexity"):
+    for key in ("eval_accuracy", "eval_macro_f1", "eval_loss", "eval_perplexity", "eval_gen_exact_match",
+                "eval_gen_rouge_l"):
         if key in final:
             print(f"  final {key[5:]}: {final[key]:.4f}")
     best = summary.get("best_round")

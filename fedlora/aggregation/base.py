@@ -7,7 +7,14 @@ combine (:meth:`Aggregator.aggregate`), and what adapter represents the global m
 I/O here: inputs are plain tensors, and inputs are never mutated.
 
 The oracle of DESIGN.md section 3, ``dW* = sum_k p_k s_k B_k A_k``, is built by
-:func:`oracle_factors` in factored form so any strategy can report its gap to it.
+:func:`oracle_factors` in factored form so any strategy can report its gap to it. ``s_k`` is the
+client's real PEFT scaling (``variants.lora_scaling``): ``alpha / r_k``, or ``alpha / sqrt(r_k)``
+with rsLoRA (``lora.use_rslora``), so rsLoRA runs are exact wherever plain ones are.
+
+DoRA (``lora.use_dora``): each module's magnitude vector travels with the extras and is averaged
+with the same weights p_k (:func:`mean_extras`). The oracle and ``agg-rel-error`` still measure
+the LoRA part ``s B A`` (the direction's update); how the averaged magnitudes combine with it
+depends on the base weights, which an aggregator never sees.
 """
 
 from __future__ import annotations
@@ -19,21 +26,25 @@ from typing import ClassVar
 
 import torch
 
+from fedlora.aggregation.variants import lora_scaling, magnitude_problem
 from fedlora.lora.factored import Factors, frobenius_norm, relative_error, stack, tail_norm
 from fedlora.lora.keys import LoraState, a_key, b_key, extra_keys, lora_modules
 
 
 @dataclass(frozen=True)
 class ClientSpec:
-    """What the server knows about a client before it trains: its LoRA rank and alpha."""
+    """What the server knows about a client before it trains: its LoRA rank and alpha, and whether
+    its PEFT adapter uses rsLoRA scaling (``lora.use_rslora``, the same for every client)."""
 
     client_id: str
     rank: int
     alpha: float
+    use_rslora: bool = False
 
     @property
     def scaling(self) -> float:
-        return self.alpha / self.rank
+        """``s_k``: the scaling the client's PEFT adapter applies to ``B_k A_k``."""
+        return lora_scaling(self.alpha, self.rank, self.use_rslora)
 
 
 @dataclass(frozen=True)
@@ -52,8 +63,11 @@ class GlobalAdapter:
 
     ``rank_pattern``/``alpha_pattern`` use PEFT's vocabulary: per-module overrides of ``rank`` and
     ``alpha``, keyed by the module names of ``state`` (``lora_modules(state)``). Strategies whose
-    global update is factored with the scaling folded in (flora, flexlora) give every module
-    ``alpha == rank`` (scaling 1), so ``B @ A`` of the state is the update itself.
+    global update is factored with the scaling folded in (flora, flexlora) give every module the
+    alpha of scaling 1 (``variants.folded_alpha``: ``alpha == rank``, or ``sqrt(rank)`` with
+    rsLoRA), so ``B @ A`` of the state is the update itself. ``use_rslora``/``use_dora`` are the run's
+    ``lora.use_rslora``/``lora.use_dora``: the adapter is loaded (and exported) with them, and with
+    DoRA ``state`` holds every module's ``lora_magnitude_vector``.
     """
 
     state: LoraState
@@ -61,12 +75,15 @@ class GlobalAdapter:
     alpha: float
     rank_pattern: dict[str, int] = field(default_factory=dict)
     alpha_pattern: dict[str, float] = field(default_factory=dict)
+    use_rslora: bool = False
+    use_dora: bool = False
 
     def module_rank(self, module: str) -> int:
         return self.rank_pattern.get(module, self.rank)
 
     def module_scaling(self, module: str) -> float:
-        return self.alpha_pattern.get(module, self.alpha) / self.module_rank(module)
+        alpha = self.alpha_pattern.get(module, self.alpha)
+        return lora_scaling(alpha, self.module_rank(module), self.use_rslora)
 
     def factors(self) -> dict[str, Factors]:
         """The update of every LoRA module as factors with the scaling folded into B."""
@@ -82,16 +99,36 @@ class Aggregator(ABC):
     accepts_mixed_ranks: ClassVar[bool]
     freeze_a: ClassVar[bool] = False
     """True (ffa): clients regenerate A from ``lora.init_seed``, keep it frozen and upload only B."""
+    refuses_dora: ClassVar[str] = ""
+    """Why this strategy cannot aggregate DoRA adapters (``lora.use_dora``); empty when it can."""
 
     def __init__(
         self, *, alpha: float, norm_weighted: bool = False, rank_cap: int = 0, energy: float = 0.0,
-        init_seed: int | None = None,
+        init_seed: int | None = None, use_rslora: bool = False, use_dora: bool = False,
     ):
+        if use_dora and self.refuses_dora:
+            raise ValueError(f"lora.use_dora: strategy {self.name!r} does not support DoRA: "
+                             f"{self.refuses_dora}")
         self.alpha = alpha
         self.norm_weighted = norm_weighted
         self.rank_cap = rank_cap
         self.energy = energy
         self.init_seed = init_seed  # lora.init_seed, for strategies that draw fresh adapters
+        self.use_rslora = use_rslora  # lora.use_rslora: the global adapter's scaling is alpha / sqrt(r)
+        self.use_dora = use_dora  # lora.use_dora: magnitudes travel with the extras
+
+    def check_initial(self, initial: GlobalAdapter) -> None:
+        """Refuse an initial adapter built for another LoRA variant than this aggregator's.
+
+        Every ``init_state`` calls it first. With DoRA every module needs its magnitude vector
+        (``||W0||_col``, which only the base model gives: see :mod:`fedlora.lora.init`).
+        """
+        for flag in ("use_rslora", "use_dora"):
+            if getattr(initial, flag) != getattr(self, flag):
+                raise ValueError(f"{self.name}: the initial adapter has {flag}={getattr(initial, flag)} but "
+                                 f"the aggregator was built with {flag}={getattr(self, flag)} (lora.{flag})")
+        if problem := magnitude_problem(initial.state, self.use_dora):
+            raise ValueError(f"{self.name}: the initial adapter does not fit: {problem}")
 
     @abstractmethod
     def init_state(self, initial: GlobalAdapter) -> None:
@@ -170,15 +207,19 @@ def check_rank(name: str, spec: ClientSpec, max_rank: int, why: str = "") -> Non
         raise ValueError(f"{name}: client {spec.client_id} rank {spec.rank} is outside 1..{max_rank}{why}")
 
 
-def unfolded(G: Mapping[str, Factors], extras: LoraState, rank: int, alpha: float) -> GlobalAdapter:
+def unfolded(
+    G: Mapping[str, Factors], extras: LoraState, rank: int, alpha: float, use_rslora: bool = False,
+    use_dora: bool = False,
+) -> GlobalAdapter:
     """A rank-``rank`` PEFT adapter whose update is G (scaling folded into B): B divided by
-    PEFT's ``alpha / rank``, A as is, plus copies of the extra tensors (e.g. a head)."""
-    scaling = alpha / rank
+    PEFT's scaling (``lora_scaling``), A as is, plus copies of the extra tensors (a head,
+    DoRA magnitudes)."""
+    scaling = lora_scaling(alpha, rank, use_rslora)
     state: LoraState = {}
     for m, g in G.items():
         state[a_key(m)], state[b_key(m)] = g.A.clone(), g.B / scaling
     state.update({k: v.clone() for k, v in extras.items()})
-    return GlobalAdapter(state=state, rank=rank, alpha=alpha)
+    return GlobalAdapter(state=state, rank=rank, alpha=alpha, use_rslora=use_rslora, use_dora=use_dora)
 
 
 def section(state: LoraState, prefix: str) -> LoraState:
@@ -232,7 +273,8 @@ def weighted_mean(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> 
 
 
 def mean_extras(updates: Sequence[ClientUpdate], weights: Sequence[float]) -> LoraState:
-    """Weighted mean of the non-LoRA tensors (e.g. a classifier head) shared by all updates."""
+    """Weighted mean of the non-factor tensors shared by all updates: a classifier head, and DoRA's
+    magnitude vectors (``sum_k p_k m_k``, with the weights p_k of the factors)."""
     keys = extra_keys(updates[0].state)
     return {k: weighted_mean([u.state[k] for u in updates], weights) for k in keys}
 

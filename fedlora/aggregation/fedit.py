@@ -5,6 +5,12 @@ This is what FedAvg does to a LoRA state. It is not exact: ``mean(B) mean(A) != 
 (the aggregation discordance studied by FFA-LoRA, arXiv:2403.12313, and FLoRA, arXiv:2409.05976),
 so every round reports its relative gap to the oracle ``sum_k p_k s_k B_k A_k``. FedIT is defined
 for one rank and one alpha shared by all clients; mixed ranks are refused.
+
+rsLoRA: the global factors are loaded with the run's scaling (``alpha / sqrt(r)``), the same one
+every client trains with, so nothing else changes. DoRA is supported: all clients share one rank
+and one parameterisation, so averaging every DoRA parameter, the magnitude vectors included
+(weights p_k), is exactly what FedAvg does to the model's trainable parameters; it is as inexact
+as the factor mean (the reported gap covers the ``s B A`` part only).
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ from fedlora.aggregation.base import (
     weighted_mean,
 )
 from fedlora.aggregation.registry import register
+from fedlora.aggregation.variants import lora_scaling
 from fedlora.lora.factored import Factors
-from fedlora.lora.keys import LoraState, a_key, b_key
+from fedlora.lora.keys import LoraState, a_key, b_key, uniform_rank
 
 
 @register
@@ -36,6 +43,7 @@ class FedIT(Aggregator):
     accepts_mixed_ranks = False
 
     def init_state(self, initial: GlobalAdapter) -> None:
+        self.check_initial(initial)
         self._rank = initial.rank
         self._state = _copy(initial.state)
 
@@ -54,7 +62,7 @@ class FedIT(Aggregator):
         p = client_weights(updates)
         new: LoraState = mean_extras(updates, p)
         result: dict[str, Factors] = {}
-        scaling = self.alpha / self._rank
+        scaling = lora_scaling(self.alpha, self._rank, self.use_rslora)
         for module in modules_of(updates[0].state):
             A = weighted_mean([u.state[a_key(module)] for u in updates], p)
             B = weighted_mean([u.state[b_key(module)] for u in updates], p)
@@ -64,12 +72,15 @@ class FedIT(Aggregator):
         return gap_to_oracle(updates, p, result)
 
     def global_adapter(self) -> GlobalAdapter:
-        return GlobalAdapter(state=_copy(self._state), rank=self._rank, alpha=self.alpha)
+        return GlobalAdapter(state=_copy(self._state), rank=self._rank, alpha=self.alpha,
+                             use_rslora=self.use_rslora, use_dora=self.use_dora)
 
     def state_dict(self) -> LoraState:
         return _copy(self._state)
 
     def load_state_dict(self, state: LoraState) -> None:
+        """Restore from :meth:`state_dict`; needs no prior :meth:`init_state`."""
+        self._rank = uniform_rank(state)
         self._state = _copy(state)
 
 

@@ -16,6 +16,11 @@ halves the upload of FedIT for square modules. :meth:`FFALoRA.a_hash` gives the 
 client's regenerated A must match. Partial participation: ``B_g`` is this round's weighted mean,
 so slots no participant holds become zero (exactly what the oracle of that round says).
 ``norm_weighted``, ``rank_cap`` and ``energy`` do not apply and are ignored.
+
+rsLoRA: ``s_k = alpha / sqrt(r_k)`` enters exactly where ``alpha / r_k`` did, so the mean stays
+exact for mixed ranks. DoRA is supported: every client's direction is ``W0 + s_k B_k A[:r_k]``
+against the same shared A and the global direction is their exact weighted mean, so the
+magnitude vectors (one per output feature, whatever the rank) are averaged with the same p_k.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class FFALoRA(Aggregator):
     freeze_a = True
 
     def init_state(self, initial: GlobalAdapter) -> None:
+        self.check_initial(initial)
         self._rank = uniform_rank(initial.state)
         pairs = lora_modules(initial.state)
         self._A = {m: p.A.clone() for m, p in pairs.items()}
@@ -124,7 +130,7 @@ class FFALoRA(Aggregator):
 
     def global_adapter(self) -> GlobalAdapter:
         G = {m: Factors(B=self._B[m], A=A) for m, A in self._A.items()}
-        return unfolded(G, self._extras, self._rank, self.alpha)
+        return unfolded(G, self._extras, self._rank, self.alpha, self.use_rslora, self.use_dora)
 
     def state_dict(self) -> LoraState:
         out = {f"shared.{a_key(m)}": A.clone() for m, A in self._A.items()}

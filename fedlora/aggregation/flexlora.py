@@ -17,6 +17,14 @@ Where G has fewer than r_k nonzero components (round 1, when G is the zero initi
 round in which only low-rank clients took part) the missing slots start like a fresh LoRA: B = 0
 and the initial adapter's A rows for those slots, so they add nothing yet can still train.
 ``norm_weighted``, ``rank_cap`` and ``energy`` do not apply and are ignored.
+
+rsLoRA: the stack uses each client's ``s_k = alpha / sqrt(r_k)`` and a client's truncation is
+divided by its own ``s_k``; the global adapter folds the scaling with ``alpha = sqrt(r)`` per
+module (``folded_alpha``), so it exports with ``use_rslora`` and PEFT still applies ``B @ A``.
+DoRA is supported: every client warm-starts from (its truncation of) the global adapter, so its
+trained magnitude vector is its whole magnitude, paired with a direction whose LoRA part the
+global G averages exactly; the magnitudes are averaged with the same p_k (as FedIT averages
+them). What a client's truncation drops from the direction is reported as for plain LoRA.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from fedlora.aggregation.base import (
     truncation_metrics,
 )
 from fedlora.aggregation.registry import register
+from fedlora.aggregation.variants import folded_alpha
 from fedlora.lora.factored import Factors, empty, keep_count, split_svd, stack, svd
 from fedlora.lora.keys import LoraState, a_key, b_key, extra_keys, lora_modules, uniform_rank
 
@@ -51,6 +60,7 @@ class FlexLoRA(Aggregator):
     accepts_mixed_ranks = True
 
     def init_state(self, initial: GlobalAdapter) -> None:
+        self.check_initial(initial)
         self._rank = uniform_rank(initial.state)
         self._initial = {k: v.clone() for k, v in initial.state.items()}
         self._initial_alpha = initial.alpha
@@ -116,7 +126,7 @@ class FlexLoRA(Aggregator):
         return metrics
 
     def global_adapter(self) -> GlobalAdapter:
-        """G with per-module ``alpha == rank``; the initial (zero-update) adapter before round 1.
+        """G with per-module scaling 1 (``folded_alpha``); the initial (zero-update) adapter before round 1.
 
         A module whose round update was exactly zero keeps one zero component so the adapter
         still loads.
@@ -124,16 +134,18 @@ class FlexLoRA(Aggregator):
         extras = {k: v.clone() for k, v in self._extras.items()}
         if self.global_rank() == 0:
             state = {**{k: v.clone() for k, v in self._initial.items()}, **extras}
-            return GlobalAdapter(state=state, rank=self._rank, alpha=self._initial_alpha)
+            return GlobalAdapter(state=state, rank=self._rank, alpha=self._initial_alpha,
+                                 use_rslora=self.use_rslora, use_dora=self.use_dora)
         state: LoraState = {}
         ranks: dict[str, int] = {}
         for m, g in self._G.items():
             if g.rank == 0:
                 g = Factors(B=g.B.new_zeros(g.B.shape[0], 1), A=self._initial[a_key(m)][:1].to(g.A.dtype))
             state[a_key(m)], state[b_key(m)], ranks[m] = g.A.clone(), g.B.clone(), g.rank
-        rank = max(ranks.values())
-        return GlobalAdapter(state={**state, **extras}, rank=rank, alpha=float(rank), rank_pattern=ranks,
-                             alpha_pattern={m: float(r) for m, r in ranks.items()})
+        rank, rs = max(ranks.values()), self.use_rslora
+        return GlobalAdapter(state={**state, **extras}, rank=rank, alpha=folded_alpha(rank, rs),
+                             rank_pattern=ranks, use_rslora=rs, use_dora=self.use_dora,
+                             alpha_pattern={m: folded_alpha(r, rs) for m, r in ranks.items()})
 
     def state_dict(self) -> LoraState:
         out = {f"initial.{k}": v.clone() for k, v in self._initial.items()}

@@ -27,6 +27,11 @@ smallest share of energy a module kept in this round's compression (1.0 without 
 ``global-rank`` is the largest module rank of G;
 ``cum-rel-error-bound`` bounds ``||G - sum of all rounds' oracles|| / ||G||`` by the accumulated
 norm of everything compression ever dropped (triangle inequality), 0 while nothing was dropped.
+
+rsLoRA: the stack uses each client's ``s_k = alpha / sqrt(r_k)``; the global adapter folds the
+scaling with ``alpha = sqrt(r)`` per module (``folded_alpha``), so it exports with ``use_rslora``
+and PEFT still applies ``B @ A``. The frozen adapter is plain LoRA with ``alpha == rank``
+(scaling 1 either way). DoRA is refused (:attr:`FLoRA.refuses_dora`).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from fedlora.aggregation.base import (
     section,
 )
 from fedlora.aggregation.registry import register
+from fedlora.aggregation.variants import folded_alpha
 from fedlora.lora.factored import Factors, compress, empty, frobenius_norm, stack
 from fedlora.lora.init import state_hash
 from fedlora.lora.keys import LoraState, a_key, b_key, extra_keys, lora_modules
@@ -65,8 +71,16 @@ class FLoRA(Aggregator):
     name = "flora"
     exact = True
     accepts_mixed_ranks = True
+    refuses_dora = (
+        "each round's clients train a fresh adapter on top of the global update G, which rides as a "
+        "second, frozen adapter; PEFT's DoRA normalises by the base weight alone (||W0 + s B A||, "
+        "not ||W0 + G + s B A||), so a client's magnitude vector would be learned for a direction "
+        "that leaves G out, and the stacked G of all rounds has no single direction the averaged "
+        "magnitudes could belong to."
+    )
 
     def init_state(self, initial: GlobalAdapter) -> None:
+        self.check_initial(initial)
         pairs = lora_modules(initial.state)
         self._initial = {k: v.clone() for k, v in initial.state.items()}
         self._initial_rank, self._initial_alpha = initial.rank, initial.alpha
@@ -154,16 +168,18 @@ class FLoRA(Aggregator):
         return math.sqrt(bound_sq / norm_sq) if norm_sq > 0 else 1.0
 
     def global_adapter(self) -> GlobalAdapter:
-        """G with per-module ``alpha == rank``; the initial (zero-update) adapter while G is empty."""
+        """G with per-module scaling 1 (``folded_alpha``); the initial (zero-update) adapter while G
+        is empty."""
         if self.global_rank() == 0:
             state = {**{k: v.clone() for k, v in self._initial.items()},
                      **{k: v.clone() for k, v in self._extras.items()}}
-            return GlobalAdapter(state=state, rank=self._initial_rank, alpha=self._initial_alpha)
+            return GlobalAdapter(state=state, rank=self._initial_rank, alpha=self._initial_alpha,
+                                 use_rslora=self.use_rslora)
         ranks = {m: g.rank for m, g in self._G.items()}
-        rank = max(ranks.values())
+        rank, rs = max(ranks.values()), self.use_rslora
         state = {**self._g_state(), **{k: v.clone() for k, v in self._extras.items()}}
-        return GlobalAdapter(state=state, rank=rank, alpha=float(rank), rank_pattern=dict(ranks),
-                             alpha_pattern={m: float(r) for m, r in ranks.items()})
+        return GlobalAdapter(state=state, rank=rank, alpha=folded_alpha(rank, rs), rank_pattern=dict(ranks),
+                             alpha_pattern={m: folded_alpha(r, rs) for m, r in ranks.items()}, use_rslora=rs)
 
     def state_dict(self) -> LoraState:
         out = {f"initial.{k}": v.clone() for k, v in self._initial.items()}

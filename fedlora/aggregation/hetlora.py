@@ -19,6 +19,11 @@ Frobenius gap of ``B_g A_g`` to the oracle ``sum_k p_k s_k B_k A_k`` (data weigh
 when norm-weighted). A client receives the first r_k components, ``A_g[:r_k]`` and
 ``B_g[:, :r_k] / s_k``; what the other slots carry is reported by :meth:`HetLoRA.payload_metrics`.
 ``rank_cap`` and ``energy`` do not apply and are ignored.
+
+rsLoRA: the folding uses each client's ``s_k = alpha / sqrt(r_k)``. DoRA is supported as in
+FedIT: every client warm-starts from the global adapter and its magnitude vector (one entry per
+output feature, whatever the rank) is averaged with the data weights p_k, also when
+``norm_weighted`` reweights the factors (a magnitude has no rank slots to weigh).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ class HetLoRA(Aggregator):
     accepts_mixed_ranks = True
 
     def init_state(self, initial: GlobalAdapter) -> None:
+        self.check_initial(initial)
         self._rank = uniform_rank(initial.state)
         pairs = lora_modules(initial.state)
         # scaling folded into B: the update is B_g A_g whatever rank a client trains at
@@ -120,7 +126,7 @@ class HetLoRA(Aggregator):
         return metrics
 
     def global_adapter(self) -> GlobalAdapter:
-        return unfolded(self._G, self._extras, self._rank, self.alpha)
+        return unfolded(self._G, self._extras, self._rank, self.alpha, self.use_rslora, self.use_dora)
 
     def state_dict(self) -> LoraState:
         out: LoraState = {}

@@ -48,3 +48,13 @@ def mixed_ranks_problem(name: str, ranks: list[int]) -> str:
     mixed = sorted(n for n, a in AGGREGATORS.items() if a.accepts_mixed_ranks)
     return (f"{ranks} mixes ranks, which strategy {name!r} does not support; strategies that accept "
             f"mixed ranks: {mixed or 'none registered yet'}")
+
+
+def dora_problem(name: str) -> str:
+    """Why strategy ``name`` cannot run with ``lora.use_dora=true`` (its ``refuses_dora``), or ``""``
+    when it can or is unknown (an unknown name is reported on its own)."""
+    agg = AGGREGATORS.get(name)
+    if agg is None or not agg.refuses_dora:
+        return ""
+    allowed = sorted(n for n, a in AGGREGATORS.items() if not a.refuses_dora)
+    return f"strategy {name!r} does not support DoRA: {agg.refuses_dora} Strategies that do: {allowed}"

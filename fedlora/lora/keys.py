@@ -1,8 +1,12 @@
 """Parse PEFT's adapter-name-free state-dict keys into LoRA modules.
 
 A LoRA module ``m`` appears as two keys, ``m.lora_A.weight`` (r x in) and ``m.lora_B.weight``
-(out x r). Everything else in a state (a ``modules_to_save`` head such as ``classifier.weight``)
-is an *extra* tensor that strategies average like ordinary parameters.
+(out x r). With DoRA (``lora.use_dora``) it has a third, ``m.lora_magnitude_vector`` (out,): the
+learned column norms of the adapted weight, named as ``get_peft_model_state_dict`` names them
+(PEFT strips the ``.weight`` of its ``DoraLinearLayer``). Everything that is not a LoRA factor (a
+``modules_to_save`` head such as ``classifier.weight``, and the magnitudes) is an *extra* tensor
+that strategies average like ordinary parameters, with the same client weights p_k: a magnitude
+does not depend on the rank, so clients of any rank hold the same shape.
 """
 
 from __future__ import annotations
@@ -15,14 +19,16 @@ LoraState = dict[str, torch.Tensor]
 
 A_SUFFIX = ".lora_A.weight"
 B_SUFFIX = ".lora_B.weight"
+M_SUFFIX = ".lora_magnitude_vector"
+"""DoRA's per-module magnitude, as PEFT's adapter state dict (and ``adapter_model.safetensors``) names it."""
 
 
 def split_key(key: str) -> tuple[str, str | None]:
-    """Return ``(module, "A" | "B")`` for a LoRA key, or ``(key, None)`` for an extra tensor."""
-    if key.endswith(A_SUFFIX):
-        return key[: -len(A_SUFFIX)], "A"
-    if key.endswith(B_SUFFIX):
-        return key[: -len(B_SUFFIX)], "B"
+    """Return ``(module, "A" | "B" | "M")`` for a LoRA key (M: a DoRA magnitude), or ``(key, None)``
+    for any other tensor (e.g. a head)."""
+    for suffix, kind in ((A_SUFFIX, "A"), (B_SUFFIX, "B"), (M_SUFFIX, "M")):
+        if key.endswith(suffix):
+            return key[: -len(suffix)], kind
     return key, None
 
 
@@ -34,6 +40,11 @@ def a_key(module: str) -> str:
 def b_key(module: str) -> str:
     """The state key of module's B factor."""
     return module + B_SUFFIX
+
+
+def m_key(module: str) -> str:
+    """The state key of module's DoRA magnitude vector."""
+    return module + M_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -51,22 +62,25 @@ class LoraPair:
 def lora_modules(state: LoraState) -> dict[str, LoraPair]:
     """Group a state into ``{module: LoraPair}``, checking that factors pair up and agree.
 
+    DoRA magnitudes, if any, are checked too: each belongs to a module with both factors and has
+    one entry per output feature (``lora_B.weight.shape[0]``).
+
     Raises
     ------
     ValueError
-        If a module has only one factor, or A and B disagree on the rank.
+        If a module has only one factor, A and B disagree on the rank, or a magnitude vector has
+        no module or the wrong length.
     """
-    a_parts: dict[str, torch.Tensor] = {}
-    b_parts: dict[str, torch.Tensor] = {}
+    parts: dict[str, dict[str, torch.Tensor]] = {"A": {}, "B": {}, "M": {}}
     for key, tensor in state.items():
         module, kind = split_key(key)
-        if kind == "A":
-            a_parts[module] = tensor
-        elif kind == "B":
-            b_parts[module] = tensor
+        if kind is not None:
+            parts[kind][module] = tensor
+    a_parts, b_parts = parts["A"], parts["B"]
     unpaired = sorted(set(a_parts) ^ set(b_parts))
     if unpaired:
         raise ValueError(f"LoRA state has modules with only one of lora_A/lora_B: {unpaired[:5]}")
+    _check_magnitudes(parts["M"], b_parts)
     pairs = {}
     for module in sorted(a_parts):
         A, B = a_parts[module], b_parts[module]
@@ -79,9 +93,26 @@ def lora_modules(state: LoraState) -> dict[str, LoraPair]:
     return pairs
 
 
+def _check_magnitudes(magnitudes: dict[str, torch.Tensor], b_parts: dict[str, torch.Tensor]) -> None:
+    orphans = sorted(set(magnitudes) - set(b_parts))
+    if orphans:
+        raise ValueError(f"LoRA state has {M_SUFFIX.lstrip('.')} for modules without lora_A/lora_B: "
+                         f"{orphans[:5]}")
+    for module, m in sorted(magnitudes.items()):
+        out = b_parts[module].shape[0]
+        if tuple(m.shape) != (out,):
+            raise ValueError(f"LoRA module {module!r}: {M_SUFFIX.lstrip('.')} has shape {tuple(m.shape)}, "
+                             f"expected ({out},) (one magnitude per output feature of lora_B)")
+
+
 def extra_keys(state: LoraState) -> list[str]:
-    """Keys of tensors that are not LoRA factors (e.g. a trainable classification head)."""
-    return sorted(k for k in state if split_key(k)[1] is None)
+    """Keys of tensors that are not LoRA factors: a trainable head, DoRA magnitudes."""
+    return sorted(k for k in state if split_key(k)[1] not in ("A", "B"))
+
+
+def magnitude_keys(state: LoraState) -> list[str]:
+    """Keys of the DoRA magnitude vectors of a state (empty without DoRA)."""
+    return sorted(k for k in state if split_key(k)[1] == "M")
 
 
 def module_ranks(state: LoraState) -> dict[str, int]:

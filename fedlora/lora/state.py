@@ -4,6 +4,11 @@ PEFT's ``set_peft_model_state_dict`` loads with ``strict=False`` and lists every
 "missing", so a typo'd or foreign key would be silently ignored (huggingface/peft#2699). Here the
 incoming state must match the model's adapter keys and shapes exactly, and any difference raises
 an error naming the key.
+
+DoRA adapters (``lora.use_dora``) go through the same functions: PEFT names their magnitude
+``<module>.lora_magnitude_vector`` in the state dict (its loader maps it back onto the
+``DoraLinearLayer``), so it is checked, extracted and loaded like any other key.
+:func:`base_magnitudes` gives their initial value, which no seed can.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import torch
 from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 
-from fedlora.lora.keys import LoraState
+from fedlora.lora.keys import M_SUFFIX, LoraState
 
 
 class LoraStateError(ValueError):
@@ -72,3 +77,40 @@ def states_equal(a: LoraState, b: LoraState, atol: float = 0.0) -> bool:
     if set(a) != set(b):
         return False
     return all(torch.allclose(a[k].float(), b[k].float(), atol=atol, rtol=0.0) for k in a)
+
+
+def base_magnitudes(model: PeftModel, adapter_name: str | None = None) -> LoraState:
+    """DoRA's initial magnitude of every module of a DoRA adapter: the column norms of the base weight.
+
+    PEFT sets ``m = ||W0 + s B A||_col`` when it adds a DoRA adapter, and a fresh adapter has
+    B = 0, so the initial update is zero exactly when ``m = ||W0||_col`` (one entry per output
+    feature, for ``Conv1D`` after PEFT's ``fan_in_fan_out`` transpose, from the dequantized weight
+    of a 4-bit base). Computed here from the base weights themselves rather than read from the
+    adapter, whose magnitudes a cached model may have overwritten since. Returns CPU float32
+    tensors under the adapter's state-dict keys.
+
+    Raises
+    ------
+    LoraStateError
+        If the adapter is not a DoRA adapter, or its magnitude keys and the layers found differ.
+    """
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.integrations import dequantize_module_weight
+    from peft.utils.other import transpose
+
+    name = _adapter(model, adapter_name)
+    wanted = {k for k in expected_shapes(model, name) if k.endswith(M_SUFFIX)}
+    if not wanted:
+        raise LoraStateError(f"adapter {name!r} has no lora_magnitude_vector: it is not a DoRA adapter")
+    out: LoraState = {}
+    with torch.no_grad():
+        for module_name, module in model.named_modules():
+            if isinstance(module, LoraLayer) and name in module.lora_magnitude_vector:
+                dora = module.lora_magnitude_vector[name]
+                weight = transpose(dequantize_module_weight(module.get_base_layer()), dora.fan_in_fan_out)
+                norm = torch.linalg.norm(weight, dim=1).to(weight.dtype)
+                out[module_name + M_SUFFIX] = norm.detach().to("cpu", torch.float32, copy=True)
+    if set(out) != wanted:
+        raise LoraStateError(f"DoRA layers of adapter {name!r} do not match its magnitude keys: "
+                             f"{sorted(set(out) ^ wanted)[:5]}")
+    return out

@@ -44,7 +44,9 @@ class AdapterSpec:
     """Shape and init of one LoRA adapter.
 
     ``rank_pattern``/``alpha_pattern`` are PEFT's per-module overrides, keyed by module names
-    *without* :data:`PEFT_PREFIX`, as sorted tuples so that the spec is hashable.
+    *without* :data:`PEFT_PREFIX`, as sorted tuples so that the spec is hashable. ``use_rslora``
+    (scaling ``alpha / sqrt(r)``) and ``use_dora`` (a ``lora_magnitude_vector`` per module) change
+    the adapter's maths and keys, so they are part of its name too.
     """
 
     rank: int
@@ -53,10 +55,13 @@ class AdapterSpec:
     init_seed: int
     rank_pattern: tuple[tuple[str, int], ...] = ()
     alpha_pattern: tuple[tuple[str, float], ...] = ()
+    use_rslora: bool = False
+    use_dora: bool = False
 
     @property
     def name(self) -> str:
         plain = f"r{self.rank}_a{self.alpha:g}_d{self.dropout:g}_s{self.init_seed}"
+        plain += ("_rs" if self.use_rslora else "") + ("_dora" if self.use_dora else "")
         plain = plain.replace(".", "p").replace("-", "m")
         if not (self.rank_pattern or self.alpha_pattern):
             return plain
@@ -87,7 +92,8 @@ def adapter_spec(
         raise ValueError(f"lora.r / lora.ranks: expected a positive rank, got {rank}")
     ranks, alphas = patterns_from(rank, float(lora_cfg.alpha), rank_pattern or {}, alpha_pattern or {})
     return AdapterSpec(rank=rank, alpha=float(lora_cfg.alpha), dropout=float(lora_cfg.dropout),
-                       init_seed=lora_cfg.init_seed, rank_pattern=ranks, alpha_pattern=alphas)
+                       init_seed=lora_cfg.init_seed, rank_pattern=ranks, alpha_pattern=alphas,
+                       use_rslora=lora_cfg.use_rslora, use_dora=lora_cfg.use_dora)
 
 
 def folded_spec(state: LoraState) -> AdapterSpec:
@@ -110,6 +116,8 @@ def lora_config(spec: AdapterSpec, task: str, target_modules: list[str]) -> peft
         target_modules=list(target_modules),
         rank_pattern=dict(spec.rank_pattern),
         alpha_pattern=dict(spec.alpha_pattern),
+        use_rslora=spec.use_rslora,
+        use_dora=spec.use_dora,
     )
 
 

@@ -118,7 +118,7 @@ def _load(cfg: ModelConfig, num_labels: int | None) -> PreTrainedModel:
     start = time.perf_counter()
     resolved = resolve_model(cfg)
     device = select_device(cfg.device)
-    dtype = select_dtype(cfg.dtype, device)
+    dtype = select_dtype(cfg.dtype, device, cfg.quantization)
     tok = load_tokenizer(cfg)
     kwargs: dict = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
     quant = quantization_kwargs(cfg, device, dtype)
@@ -230,7 +230,8 @@ def build_lora_model(
     model_cfg
         Which base model.
     lora_cfg
-        Adapter shape: ``alpha``, ``dropout``, ``target_modules``, ``train_head`` (classification
+        Adapter shape: ``alpha``, ``dropout``, ``target_modules`` (or a ``targets`` preset,
+        :mod:`fedlora.models.targets`), ``train_head`` (classification
         only: train and ship the head, else keep it frozen) and ``init_seed`` (LoRA A init).
     rank
         LoRA rank of this client; ``None`` means ``lora_cfg.r``.
@@ -250,12 +251,14 @@ def build_lora_model(
     """
     from fedlora.models.adapters import activate, adapter_spec, add_adapter, lora_config
     from fedlora.models.peft_wrap import unwrap_head, wrap_with_lora
+    from fedlora.models.targets import resolve_target_modules
 
     num_labels = _check_num_labels(model_cfg, num_labels)
     spec = adapter_spec(lora_cfg, rank, rank_pattern, alpha_pattern)
     train_head = lora_cfg.train_head if model_cfg.task == "classification" else None
     base_key = (_model_key(model_cfg), num_labels)
-    key = (base_key, tuple(lora_cfg.target_modules), train_head)
+    # A preset resolves the same way on the same base, so (preset, list as written) names the targets.
+    key = (base_key, tuple(lora_cfg.target_modules), lora_cfg.targets, train_head)
     with _lock:
         model = _lora_models.get(key)
         if model is None:
@@ -265,7 +268,8 @@ def build_lora_model(
                 base = _load(model_cfg, num_labels)
             model = _lora_models[key] = wrap_with_lora(base, model_cfg, lora_cfg, spec)
         elif spec.name not in model.peft_config:
-            add_adapter(model, spec, lora_config(spec, model_cfg.task, list(lora_cfg.target_modules)))
+            targets = resolve_target_modules(model, lora_cfg)
+            add_adapter(model, spec, lora_config(spec, model_cfg.task, targets))
             if model_cfg.task == "classification" and not lora_cfg.train_head:
                 unwrap_head(model)
         activate(model, spec.name)

@@ -60,16 +60,19 @@ def select_device(preference: str) -> torch.device:
     return torch.device(preference)
 
 
-def select_dtype(preference: str, device: torch.device) -> torch.dtype:
-    """Pick the parameter dtype for ``model.dtype``.
+def select_dtype(preference: str, device: torch.device, quantization: str = "none") -> torch.dtype:
+    """Pick the parameter dtype for ``model.dtype`` (with NF4: the compute dtype too).
 
     Parameters
     ----------
     preference
-        ``"auto"`` (bfloat16 on a CUDA device that supports it, else float32), ``"float32"``,
-        ``"bfloat16"`` or ``"float16"``.
+        ``"auto"`` (bfloat16 on a CUDA device with native bf16 support, else float32),
+        ``"float32"``, ``"bfloat16"`` or ``"float16"``.
     device
         The device the model will live on.
+    quantization
+        ``model.quantization``; only changes the wording of the log line (with ``nf4`` the dtype is
+        the 4-bit layers' compute dtype).
 
     Returns
     -------
@@ -83,10 +86,29 @@ def select_dtype(preference: str, device: torch.device) -> torch.dtype:
     if preference not in DTYPES:
         raise ValueError(f"model.dtype: expected one of {list(DTYPES)}, got {preference!r}")
     if preference == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        dtype, why = _auto_dtype(device)
+        what = "nf4 compute dtype" if quantization == "nf4" else "dtype"
+        logger.info("model.dtype=auto: %s %s on %s (%s)", what, str(dtype).removeprefix("torch."), device,
+                    why)
+        return dtype
     if preference == "float16" and device.type == "cpu":
         logger.warning("model.dtype=float16 on CPU is slow and poorly supported; use float32 or bfloat16")
     return _DTYPES[preference]
+
+
+def _auto_dtype(device: torch.device) -> tuple[torch.dtype, str]:
+    """bfloat16 where the device runs it natively, else float32; with the reason, for the log.
+
+    Emulated bf16 (pre-Ampere GPUs, CPUs) is slower than float32, so only native support counts.
+    """
+    if device.type != "cuda":
+        return torch.float32, (f"bfloat16 needs a CUDA device with bf16 support; {device.type} falls back "
+                               "to float32")
+    props = torch.cuda.get_device_properties(device)
+    if torch.version.hip or props.major >= 8:  # what torch.cuda.is_bf16_supported calls native, per device
+        return torch.bfloat16, f"{props.name} supports bf16 natively"
+    return torch.float32, (f"{props.name} (compute capability {props.major}.{props.minor}) has no native "
+                           "bf16; falls back to float32")
 
 
 def quantization_kwargs(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> dict:

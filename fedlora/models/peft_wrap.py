@@ -11,6 +11,10 @@ fiddly enough to deserve their own place:
   lora.init_seed)`` (in a forked RNG): every client builds the same initial adapter.
 * A target module name that matches nothing is almost always a typo or a config written for
   another architecture; PEFT silently ignores it unless *all* names miss, so it is checked here.
+  A ``lora.targets`` preset is resolved here too (:mod:`fedlora.models.targets`), on the base
+  itself, so the loaded model and its meta-device twin (:mod:`fedlora.models.shapes`) agree.
+* Gradient checkpointing is switched on the cached model per training call
+  (:func:`set_gradient_checkpointing`), not at wrap time: the model outlives one client's config.
 """
 
 from __future__ import annotations
@@ -24,10 +28,9 @@ from transformers import PreTrainedModel
 
 from fedlora.config.schema import LoraConfig, ModelConfig
 from fedlora.models.adapters import AdapterSpec, lora_config
+from fedlora.models.targets import LINEAR_TYPES, resolve_target_modules
 
 logger = logging.getLogger(__name__)
-
-_LINEAR_TYPES = ("Linear", "Linear4bit", "Linear8bitLt", "Conv1D")
 
 
 def check_target_modules(model: torch.nn.Module, target_modules: list[str]) -> None:
@@ -49,7 +52,7 @@ def check_target_modules(model: torch.nn.Module, target_modules: list[str]) -> N
     missing = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                         if type(m).__name__ in _LINEAR_TYPES})
+                         if type(m).__name__ in LINEAR_TYPES})
         raise ValueError(
             f"lora.target_modules: {missing} match no module of {type(model).__name__}; "
             f"its linear layers are named {linear}"
@@ -92,10 +95,12 @@ def wrap_with_lora(
     """
     classification = model_cfg.task == "classification"
     if model_cfg.quantization == "nf4":
-        # Casts norms to float32 and makes inputs require grad, so LoRA on a frozen 4-bit base trains.
+        # Freezes the base and casts its dense bf16/fp16 parameters (norms, embeddings) to float32 for
+        # stable training; checkpointing is left to set_gradient_checkpointing (per training call).
         base = peft.prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
-    check_target_modules(base, list(lora_cfg.target_modules))
-    config = lora_config(spec, model_cfg.task, list(lora_cfg.target_modules))
+    targets = resolve_target_modules(base, lora_cfg)
+    check_target_modules(base, targets)
+    config = lora_config(spec, model_cfg.task, targets)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.init_seed)
         model = peft.get_peft_model(base, config, adapter_name=spec.name)
@@ -106,5 +111,48 @@ def wrap_with_lora(
     total = sum(p.numel() for p in model.parameters())
     head = (" + head" if lora_cfg.train_head else " (head frozen)") if classification else ""
     logger.info("wrapped %s with LoRA r=%s alpha=%s on %s%s: %s of %s parameters trainable", model_cfg.name,
-                spec.rank, spec.alpha, list(lora_cfg.target_modules), head, trainable, total)
+                spec.rank, spec.alpha, _describe_targets(lora_cfg, targets), head, trainable, total)
     return model
+
+
+def _describe_targets(lora_cfg: LoraConfig, targets: list[str]) -> str:
+    if not lora_cfg.targets:
+        return str(targets)
+    shown = targets if len(targets) <= 8 else [*targets[:8], f"... {len(targets) - 8} more"]
+    return f"lora.targets={lora_cfg.targets} {shown}"
+
+
+def set_gradient_checkpointing(model: torch.nn.Module, enabled: bool) -> bool:
+    """Switch activation (gradient) checkpointing of a (PEFT-wrapped) transformers model on or off.
+
+    Non-reentrant checkpointing (``use_reentrant=False``) is used: it recomputes the forward of each
+    decoder/encoder block in the backward pass and gives the same gradients as no checkpointing,
+    and, unlike the reentrant variant, it needs no inputs that require grad, so neither
+    ``enable_input_require_grads`` nor a kbit-prepare hook is needed for LoRA on a frozen (or NF4)
+    base. Idempotent; the cached model keeps the setting until the next call. Evaluation is not
+    affected: transformers checkpoints only in training mode.
+
+    Returns
+    -------
+    bool
+        Whether the model's state changed.
+
+    Raises
+    ------
+    ValueError
+        Naming ``train.gradient_checkpointing`` if the architecture does not support it.
+    """
+    base = model.get_base_model() if isinstance(model, peft.PeftModel) else model
+    current = bool(getattr(base, "is_activation_checkpointing", False))
+    if current == enabled:
+        return False
+    if enabled:
+        if not getattr(base, "supports_gradient_checkpointing", False):
+            raise ValueError(f"train.gradient_checkpointing: {type(base).__name__} does not support "
+                             "activation checkpointing; set it to false")
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.activation_checkpointing_disable()
+    logger.info("gradient checkpointing %s on %s", "enabled (use_reentrant=False)" if enabled else "disabled",
+                type(base).__name__)
+    return True

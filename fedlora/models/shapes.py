@@ -50,6 +50,21 @@ def meta_skeleton(model_cfg: ModelConfig, num_labels: int | None = None) -> PreT
         return auto.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
 
 
+def meta_target_modules(model_cfg: ModelConfig, lora_cfg: LoraConfig) -> list[str]:
+    """The module list LoRA targets for ``lora_cfg`` on ``model_cfg``'s architecture, without weights.
+
+    ``lora.target_modules`` as written when no ``lora.targets`` preset is set (nothing is read);
+    else the preset resolved on a meta-device skeleton (:mod:`fedlora.models.targets`), the same
+    list :func:`fedlora.models.peft_wrap.wrap_with_lora` gives the loaded model.
+    """
+    from fedlora.models.targets import resolve_target_modules
+
+    if not lora_cfg.targets:
+        return list(lora_cfg.target_modules)
+    num_labels = 2 if model_cfg.task == "classification" else None  # the head's size names nothing
+    return resolve_target_modules(meta_skeleton(model_cfg, num_labels), lora_cfg)
+
+
 def meta_lora_model(
     model_cfg: ModelConfig,
     lora_cfg: LoraConfig,

@@ -14,6 +14,9 @@ materialised once into :func:`cache_dir`:
 * an existing local directory, or a Hugging Face hub id (local HF cache first; download only when
   the hub is not offline).
 
+Where each packaged source comes from on the Hugging Face hub (for model cards and
+``adapter_config.json``) is in :mod:`fedlora.models.origins`.
+
 Materialisation happens under a file lock into a temporary directory that is renamed into place,
 because several simulation worker processes may ask for the same model at the same moment.
 """

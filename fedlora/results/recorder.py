@@ -26,6 +26,8 @@ _TABLE = [
     ("eval_accuracy", "accuracy", "{:>8.4f}"),
     ("eval_macro_f1", "macro-f1", "{:>8.4f}"),
     ("eval_perplexity", "ppl", "{:>8.2f}"),
+    ("eval_gen_exact_match", "gen-em", "{:>6.3f}"),  # causal LM generation (fedlora.training.generation)
+    ("eval_gen_rouge_l", "rouge-l", "{:>7.3f}"),
     ("agg_rel_error", "agg-gap", "{:>8.2e}"),
     ("bytes_down", "MB-down", "{:>8.2f}"),
     ("bytes_up", "MB-up", "{:>7.2f}"),
@@ -115,7 +117,8 @@ class RunRecorder:
     def table_lines(self, rows: list[dict[str, Any]] | None = None) -> list[str]:
         """The metrics table as text lines (only columns that have values)."""
         rows = self.rows if rows is None else rows
-        skip = {"eval_perplexity"} if self.task == "classification" else {"eval_accuracy", "eval_macro_f1"}
+        lm_only = {"eval_perplexity", "eval_gen_exact_match", "eval_gen_rouge_l"}
+        skip = lm_only if self.task == "classification" else {"eval_accuracy", "eval_macro_f1"}
         cols = [c for c in _TABLE if c[0] not in skip]
         header = " ".join(
             f"{h:>{len(fmt.format(0) if 'e' not in fmt else '0.00e+00')}}" for _, h, fmt in cols

@@ -124,7 +124,8 @@ class LoraStrategy(FedAvg):
 
     # -- sampling and payloads ---------------------------------------------------------------
     def spec_of(self, node: NodeInfo) -> ClientSpec:
-        return ClientSpec(client_id=str(node.partition_id), rank=node.rank, alpha=self.cfg.lora.alpha)
+        return ClientSpec(client_id=str(node.partition_id), rank=node.rank, alpha=self.cfg.lora.alpha,
+                          use_rslora=self.cfg.lora.use_rslora)
 
     def sample(self, grid: Grid, server_round: int, fraction: float, minimum: int,
                evaluating: bool = False) -> list[NodeInfo]:

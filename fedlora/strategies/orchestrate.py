@@ -26,6 +26,7 @@ from fedlora.export.adapter import load_exported, save_adapter, save_merged, sta
 from fedlora.export.compress import compress_adapter
 from fedlora.lora.codec import to_arrayrecord
 from fedlora.lora.init import initial_state
+from fedlora.lora.state import base_magnitudes
 from fedlora.models.build import base_model_loads
 from fedlora.results import RunRecorder
 from fedlora.results.plots import plot_run
@@ -51,7 +52,7 @@ def run_server(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.resume:
         (out_dir / "config.yaml").write_text(to_yaml(cfg))  # a resume keeps the original
-    evaluator = CentralEvaluator(cfg)
+    evaluator = CentralEvaluator(cfg, samples_dir=out_dir / "samples")  # causal LM: answers per round
     recorder = RunRecorder(out_dir, cfg.model.task)
     progress = RunProgress(cfg, out_dir)
     shared = {P.CFG_YAML: to_yaml(node_view(cfg)).encode(), P.WIRE_DTYPE: cfg.federation.wire_dtype}
@@ -71,12 +72,18 @@ def run_server(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     aggregator = get_aggregator(cfg.strategy.name)(
         alpha=cfg.lora.alpha, norm_weighted=cfg.strategy.norm_weighted,
         rank_cap=cfg.strategy.rank_cap, energy=cfg.strategy.energy, init_seed=cfg.lora.init_seed,
+        use_rslora=cfg.lora.use_rslora, use_dora=cfg.lora.use_dora,
     )
     global_rank = max(n.rank for n in nodes.values())
     shapes = evaluator.adapter_shapes(global_rank)
-    aggregator.init_state(
-        GlobalAdapter(initial_state(shapes, cfg.lora.init_seed), global_rank, cfg.lora.alpha)
-    )
+    # DoRA's initial magnitudes are the base weights' column norms (the config check makes sure
+    # the server loads the base model: federation.central_eval=true)
+    magnitudes = None
+    if cfg.lora.use_dora:
+        magnitudes = base_magnitudes(evaluator.model_for(global_rank, cfg.lora.alpha))
+    aggregator.init_state(GlobalAdapter(
+        initial_state(shapes, cfg.lora.init_seed, magnitudes), global_rank, cfg.lora.alpha,
+        use_rslora=cfg.lora.use_rslora, use_dora=cfg.lora.use_dora))
     done = progress.restore(aggregator, recorder) if cfg.resume else 0
 
     strategy = LoraStrategy(cfg=cfg, aggregator=aggregator, nodes=nodes, recorder=recorder,
@@ -87,7 +94,8 @@ def run_server(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         rnd = server_round + done
         if server_round == 0 and done > 0:
             return None  # round `done` was evaluated before the crash
-        metrics = evaluator.evaluate(aggregator.global_adapter()) if cfg.federation.central_eval else None
+        central = cfg.federation.central_eval
+        metrics = evaluator.evaluate(aggregator.global_adapter(), rnd) if central else None
         row = recorder.end_round(rnd, metrics)
         progress.observe(rnd, row, aggregator)
         every = cfg.export.checkpoint_every

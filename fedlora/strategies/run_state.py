@@ -82,7 +82,8 @@ class RunProgress:
             self.best_adapter = GlobalAdapter(
                 state={k: v.detach().clone() for k, v in adapter.state.items()}, rank=adapter.rank,
                 alpha=adapter.alpha, rank_pattern=dict(adapter.rank_pattern),
-                alpha_pattern=dict(adapter.alpha_pattern),
+                alpha_pattern=dict(adapter.alpha_pattern), use_rslora=adapter.use_rslora,
+                use_dora=adapter.use_dora,
             )
 
     # -- checkpoint and resume -------------------------------------------------------------
@@ -115,6 +116,7 @@ class RunProgress:
             self.best_adapter = GlobalAdapter(
                 state=ckpt.best_state, rank=int(b["rank"]), alpha=float(b["alpha"]),
                 rank_pattern=b.get("rank_pattern") or {}, alpha_pattern=b.get("alpha_pattern") or {},
+                use_rslora=self.cfg.lora.use_rslora, use_dora=self.cfg.lora.use_dora,
             )
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "after_round": ckpt.round,
                  "changed": {k: list(v) for k, v in config_changes(ckpt.config, config_dict(self.cfg)).items()

@@ -7,6 +7,9 @@ expected to return (which pins its rank), finite values, finite metrics, and an 
 minus what was sent) whose L2 norm is within ``federation.max_update_norm``. An evaluation reply
 needs a MetricRecord with a positive integer example count and finite metrics. Anything else
 raises :class:`BadReply` with a reason the strategy records; the round goes on without it.
+With DoRA (``lora.use_dora``) the payload, hence the expected keys, holds every module's
+``lora_magnitude_vector`` (``(out,)``): a reply that drops one, reshapes it or sends a non-finite
+magnitude is refused like a bad factor, and magnitudes count in the update norm.
 
 Why the two bounds: a finite but absurd reply (``num-examples`` = 10**15, or tensors of 3e38)
 passes every shape and finiteness check, yet the first captures the whole weighted mean and the

@@ -40,7 +40,7 @@ from fedlora.config.schema import FederationConfig, RunConfig
 from fedlora.data import load_client_data, tokenize_dataset
 from fedlora.lora.init import initial_state
 from fedlora.lora.keys import LoraState, split_key
-from fedlora.lora.state import get_lora_state, set_lora_state
+from fedlora.lora.state import base_magnitudes, get_lora_state, set_lora_state
 from fedlora.results import RunRecorder
 from fedlora.results.plots import plot_run
 from fedlora.training.central import CentralEvaluator
@@ -73,7 +73,10 @@ def _start(cfg: RunConfig, out_dir: Path) -> tuple[CentralEvaluator, RunRecorder
     (out_dir / "config.yaml").write_text(to_yaml(cfg))
     evaluator = CentralEvaluator(cfg)
     ranks = [cfg.lora.rank_for(p) for p in range(cfg.federation.num_clients)]
-    state = initial_state(evaluator.adapter_shapes(max(ranks)), cfg.lora.init_seed)
+    # DoRA starts from the base weights' column norms, as the federated run's server does
+    model = evaluator.model_for(max(ranks), cfg.lora.alpha) if cfg.lora.use_dora else None
+    magnitudes = base_magnitudes(model) if model is not None else None
+    state = initial_state(evaluator.adapter_shapes(max(ranks)), cfg.lora.init_seed, magnitudes)
     return evaluator, RunRecorder(out_dir, cfg.model.task), ranks, state
 
 

@@ -7,11 +7,17 @@ it is reloaded from disk, so the two numbers are comparable digit for digit.
 With ``federation.central_eval=false`` nothing here loads the base model: the server needs only
 the adapter's shapes, which come from a weightless copy (:mod:`fedlora.models.shapes`), so a
 SuperLink host without a GPU or the weights can run the federation.
+
+For a causal LM with ``federation.generate_samples > 0`` each evaluation also answers a fixed
+sample of test prompts greedily (:mod:`fedlora.training.generation`) and adds ``gen_exact_match``,
+``gen_rouge_l`` and ``gen_token_f1`` to the metrics; given a round and a samples directory, the
+prompts, references and answers go to ``<samples_dir>/round-NNN.jsonl``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +29,7 @@ from fedlora.lora.state import expected_shapes, set_lora_state
 from fedlora.models.build import build_lora_model, load_tokenizer
 from fedlora.models.shapes import meta_adapter_shapes
 from fedlora.training.evaluate import evaluate
+from fedlora.training.generation import generation_rows, score_generation, write_samples
 
 
 class CentralEvaluator:
@@ -32,9 +39,13 @@ class CentralEvaluator:
     server sends them to every client), never the base model; :meth:`model_for` loads it on first
     use. With ``federation.central_eval=false`` the server calls only :meth:`adapter_shapes` and
     :attr:`labels`, so it never loads the base model.
+
+    ``generation_rows`` are the ``(row index, row)`` pairs of the test split answered at every
+    evaluation: chosen once, with the run seed (``seed``), so every round answers the same prompts.
+    ``last_samples`` holds the answers of the latest evaluation (empty when generation is off).
     """
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, samples_dir: Path | None = None):
         self.cfg = cfg
         task = cfg.model.task
         labels = label_names(cfg.data, task, cfg.federation.num_clients)
@@ -43,6 +54,10 @@ class CentralEvaluator:
         test = load_central_test(cfg.data, task, cfg.federation.num_clients)
         self.dataset = tokenize_dataset(test, self.tokenizer, task, cfg.model.max_length)
         self.collate = make_collator(self.tokenizer, task)
+        self.samples_dir = Path(samples_dir) if samples_dir is not None else None
+        k = cfg.federation.generate_samples if task == "causal_lm" else 0
+        self.generation_rows = generation_rows(test, k, cfg.seed)
+        self.last_samples: list[dict[str, Any]] = []
 
     @property
     def num_labels(self) -> int | None:
@@ -67,14 +82,28 @@ class CentralEvaluator:
             return meta_adapter_shapes(self.cfg.model, self.cfg.lora, rank=rank, num_labels=self.num_labels)
         return expected_shapes(self.model_for(rank, self.cfg.lora.alpha))
 
-    def evaluate(self, adapter: GlobalAdapter) -> dict[str, float]:
+    def evaluate(self, adapter: GlobalAdapter, rnd: int | None = None) -> dict[str, float]:
         model = self.model_for(adapter.rank, adapter.alpha, adapter.rank_pattern, adapter.alpha_pattern)
         set_lora_state(model, adapter.state)
-        return self.evaluate_model(model)
+        return self.evaluate_model(model, rnd)
 
-    def evaluate_model(self, model: torch.nn.Module) -> dict[str, float]:
+    def evaluate_model(self, model: torch.nn.Module, rnd: int | None = None) -> dict[str, float]:
+        """Loss metrics on the test split, plus the generation scores when generation is on.
+
+        With ``rnd`` and a ``samples_dir`` the answered samples are written for that round.
+        """
         metrics = evaluate(
             model, self.dataset, self.collate, task=self.cfg.model.task,
             batch_size=self.cfg.train.eval_batch_size,
         )
-        return {k: float(v) for k, v in metrics.items() if k not in ("num_examples", "num_tokens")}
+        out = {k: float(v) for k, v in metrics.items() if k not in ("num_examples", "num_tokens")}
+        if self.generation_rows:
+            cfg = self.cfg
+            gen, self.last_samples = score_generation(
+                model, self.tokenizer, self.generation_rows, max_new_tokens=cfg.federation.max_new_tokens,
+                batch_size=cfg.train.eval_batch_size, max_length=cfg.model.max_length,
+            )
+            out.update(gen)
+            if rnd is not None and self.samples_dir is not None:
+                write_samples(self.samples_dir, rnd, self.last_samples)
+        return out

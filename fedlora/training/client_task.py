@@ -25,6 +25,7 @@ from fedlora.lora.keys import LoraState, split_key
 from fedlora.lora.state import expected_shapes, get_lora_state, set_lora_state, states_equal
 from fedlora.models.adapters import activate, freeze_lora_a, load_frozen
 from fedlora.models.build import build_lora_model, load_tokenizer
+from fedlora.models.targets import resolve_target_modules
 from fedlora.protocol import A_HASH as P_A_HASH
 from fedlora.protocol import A_RANK_MAX as P_A_RANK_MAX
 from fedlora.training.evaluate import evaluate
@@ -136,7 +137,7 @@ def train_round(
         a_part = shared_a(cfg, expected_shapes(model), plan.rank, plan.a_rank_max)
     set_lora_state(model, {**state, **a_part})
     if plan.frozen is not None:
-        load_frozen(model, plan.frozen, cfg.model.task, list(cfg.lora.target_modules))
+        load_frozen(model, plan.frozen, cfg.model.task, resolve_target_modules(model, cfg.lora))
         activate(model, trainable, with_frozen=True)
     if plan.freeze_a:
         freeze_lora_a(model, trainable)

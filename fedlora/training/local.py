@@ -4,7 +4,9 @@ Deliberately a plain loop rather than ``transformers.Trainer``: a round is a few
 steps on a model that is reused across clients and rounds, and the loop must be reproducible
 (the same ``seed`` gives the same update, so federated runs can be compared across strategies) and
 cheap to start. The optimizer is created fresh every round because a simulation worker serves a
-different client each time and clients keep no state between rounds.
+different client each time and clients keep no state between rounds
+(:func:`fedlora.training.optim.build_optimizer`: ``train.optimizer``, LoRA+ parameter groups).
+``train.gradient_checkpointing`` is applied to the (cached) model at the start of every call.
 
 The step count is fixed up front (``train.local_steps``, or enough steps for
 ``train.local_epochs`` passes), so clients with more data do not automatically do more work; the
@@ -24,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from fedlora.config.schema import TrainConfig
+from fedlora.training.optim import build_optimizer, describe
 
 if TYPE_CHECKING:
     import datasets
@@ -123,9 +126,11 @@ def train_local(
         ``labels`` ...).
     cfg
         ``local_steps``/``local_epochs``, ``batch_size``, ``grad_accum``, ``weight_decay``,
-        ``max_grad_norm`` and ``log_every``.
+        ``max_grad_norm``, ``log_every``, ``optimizer``, ``loraplus_lr_ratio`` and
+        ``gradient_checkpointing``.
     lr
-        Learning rate of this round (see :func:`fedlora.training.schedule.lr_for_round`).
+        Learning rate of this round (see :func:`fedlora.training.schedule.lr_for_round`); LoRA B
+        factors train at ``lr * cfg.loraplus_lr_ratio``.
     seed
         Seeds the shuffle and dropout: the same seed and initial weights give the same result.
     label
@@ -138,7 +143,8 @@ def train_local(
     Raises
     ------
     ValueError
-        If the dataset is empty or the model has nothing to train.
+        If the dataset is empty, the model has nothing to train, or ``train.optimizer`` /
+        ``train.gradient_checkpointing`` cannot run on this model or device.
     FloatingPointError
         If the loss becomes NaN or infinite (an update like that would poison aggregation).
     """
@@ -155,7 +161,16 @@ def train_local(
     batches = _cycle(loader)
     steps = num_steps(cfg, len(dataset))
     device = model_device(model)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(model, cfg, lr)
+    if hasattr(model, "get_base_model") or hasattr(model, "activation_checkpointing_enable"):
+        from fedlora.models.peft_wrap import set_gradient_checkpointing
+
+        set_gradient_checkpointing(model, cfg.gradient_checkpointing)
+    elif cfg.gradient_checkpointing:
+        raise ValueError(f"[{label}] train.gradient_checkpointing: {type(model).__name__} is not a "
+                         "transformers model; set it to false")
+    if cfg.optimizer != "adamw" or cfg.loraplus_lr_ratio != 1.0:
+        logger.info("[%s] optimizer %s", label, describe(optimizer))
 
     model.train()
     loss_sum, seen = 0.0, 0  # over the whole call

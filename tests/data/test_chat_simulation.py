@@ -50,3 +50,9 @@ def test_chat_jsonl_trains_two_rounds(tmp_path: Path) -> None:
     losses = [r["eval_loss"] for r in rows]  # central loss on the held-out conversations' assistant turns
     assert all(math.isfinite(v) for v in losses) and losses[2] < losses[0]
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    # generation answers held-out conversations up to their last assistant turn, every round
+    samples = [json.loads(line) for line in (out / "samples" / "round-002.jsonl").read_text().splitlines()]
+    assert samples and all(s["prompt"] == "And today?" for s in samples)
+    assert all(s["context"][0] == {"role": "system", "content": "Answer briefly."} for s in samples)
+    assert all(s["reference"].startswith("today ") for s in samples)
+    assert all("eval_gen_rouge_l" in r for r in rows)

@@ -61,8 +61,8 @@ def test_select_dtype() -> None:
 def test_cuda_auto_selects_bf16_and_places_the_model_on_the_gpu(collate) -> None:
     device = select_device("auto")
     assert device.type == "cuda" and device.index is not None
-    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    assert select_dtype("auto", device) == expected
+    expected = torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float32
+    assert select_dtype("auto", device) == expected  # native bf16 only: emulated bf16 is slower than fp32
     cfg = ModelConfig(source="tiny:llama", task="causal_lm", device="auto", dtype="auto")
     model = build_lora_model(cfg, LoraConfig(r=4, target_modules=LLAMA_TARGETS))
     assert {p.device.type for p in model.parameters()} == {"cuda"}
