@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlora.config.schema import ModelConfig, RunConfig
+from fedlora.data.partition import resolve_partitioner
 from fedlora.models.build import LOAD_SEED
 from fedlora.models.origins import HubOrigin, hub_origin
 
@@ -110,7 +111,9 @@ def model_card(cfg: RunConfig, manifest: dict[str, Any]) -> str:
     targets = ", ".join(manifest.get("target_modules") or cfg.lora.target_modules)
     if cfg.lora.targets:
         targets = f"preset `{cfg.lora.targets}`: {targets}"
-    data = f"`{cfg.data.source}` split `{cfg.data.partitioner}` (field `{cfg.data.partition_field}`)"
+    split = resolve_partitioner(cfg.data.partitioner, cfg.model.task)  # "auto" named as what it did
+    field = f" (field `{cfg.data.partition_field}`)" if split == "by_field" else ""
+    data = f"`{cfg.data.source}` split `{split}`{field}"
     clients = f"{manifest.get('num_clients')} / {manifest.get('rounds')}"
     fraction = f"fraction {cfg.federation.fraction_train} per round"
     local = f"{cfg.train.local_steps} steps x batch {cfg.train.batch_size}, optimizer {cfg.train.optimizer}"
@@ -130,7 +133,7 @@ tags: [lora, federated-learning, flower, fedlora]
 ---
 # Federated LoRA adapter ({cfg.strategy.name}) for {cfg.model.name}
 
-Trained with [fedlora](https://github.com/) by federated learning: {manifest.get("num_clients")} clients,
+Trained with fedlora by federated learning: {manifest.get("num_clients")} clients,
 {manifest.get("rounds")} rounds, strategy `{cfg.strategy.name}`. Only LoRA tensors left the clients.
 
 ## Load
