@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -13,6 +14,21 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def private_model_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Tiny models go to a per-session temp cache (offline); the test starts and ends with empty
+    per-process model caches. Packages whose every test needs it use it autouse in their conftest."""
+    from fedlora.models.build import clear_caches
+
+    monkeypatch.setenv("FEDLORA_CACHE", str(tmp_path_factory.getbasetemp() / "fedlora-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    clear_caches()
+    yield
+    clear_caches()
 
 
 class TinyNet(nn.Module):

@@ -16,7 +16,7 @@ from fedlora.config.load import compose
 from fedlora.export.adapter import load_exported, save_adapter, state_checksum, verify_checksums
 from fedlora.export.card import model_card, stamp_adapter_config
 from fedlora.lora.state import get_lora_state
-from fedlora.models.build import base_model_loads, clear_caches
+from fedlora.models.build import base_model_loads
 from fedlora.models.origins import PACKAGED_ORIGINS, hub_origin
 from fedlora.models.shapes import meta_adapter_shapes
 from tests.conftest import random_state
@@ -27,13 +27,7 @@ MANIFEST = {"base_model_path": "/somewhere/local/model", "num_clients": 4, "roun
             "alpha": 16.0, "final_metrics": {"eval_loss": 3.5}}
 
 
-@pytest.fixture(autouse=True)
-def _fresh_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("FEDLORA_CACHE", str(tmp_path_factory.getbasetemp() / "fedlora-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    clear_caches()
-    yield
-    clear_caches()
+pytestmark = pytest.mark.usefixtures("private_model_cache")
 
 
 def snippet(card: str) -> str:

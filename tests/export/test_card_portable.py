@@ -23,7 +23,7 @@ import torch
 from fedlora.aggregation import GlobalAdapter
 from fedlora.config.load import compose
 from fedlora.export.adapter import load_exported, save_adapter, state_checksum
-from fedlora.models.build import base_model_loads, clear_caches
+from fedlora.models.build import base_model_loads
 from fedlora.models.shapes import meta_adapter_shapes
 from fedlora.models.sources import resolve_model
 from tests.conftest import random_state
@@ -34,12 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def hub_cache(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
-              monkeypatch: pytest.MonkeyPatch) -> Path:
+def hub_cache(private_model_cache: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A HF cache holding the tiny Llama as ``HUB_ID`` at ``COMMIT`` (``refs/main`` points to it)."""
-    monkeypatch.setenv("FEDLORA_CACHE", str(tmp_path_factory.getbasetemp() / "fedlora-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    clear_caches()
     tiny = Path(resolve_model(compose(["preset=smoke_llm"]).model).path)
     cache = tmp_path / "hub"
     repo = cache / f"models--{HUB_ID.replace('/', '--')}"
@@ -47,8 +43,7 @@ def hub_cache(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(COMMIT)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    yield cache
-    clear_caches()
+    return cache
 
 
 def test_card_snippet_loads_the_adapter_elsewhere_from_the_hub_id(hub_cache: Path, tmp_path: Path) -> None:

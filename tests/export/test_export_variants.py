@@ -23,19 +23,13 @@ from fedlora.export.compress import compress_adapter
 from fedlora.lora.init import initial_state
 from fedlora.lora.keys import magnitude_keys
 from fedlora.lora.state import base_magnitudes, expected_shapes, set_lora_state
-from fedlora.models.build import build_lora_model, clear_caches
+from fedlora.models.build import build_lora_model
 from tests.conftest import random_state
 
 IDS = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29], [2, 4, 6, 8, 10, 12, 14, 16]])
 
 
-@pytest.fixture(autouse=True)
-def _fresh_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("FEDLORA_CACHE", str(tmp_path_factory.getbasetemp() / "fedlora-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    clear_caches()
-    yield
-    clear_caches()
+pytestmark = pytest.mark.usefixtures("private_model_cache")
 
 
 def _server_logits(cfg, adapter: GlobalAdapter) -> torch.Tensor:

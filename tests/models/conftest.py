@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -12,17 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(autouse=True)
-def _private_cache(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[None]:
-    """Tiny models go to a per-session temp cache; each test starts with empty model caches."""
-    from fedlora.models.build import clear_caches
-
-    monkeypatch.setenv("FEDLORA_CACHE", str(tmp_path_factory.getbasetemp() / "fedlora-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    clear_caches()
-    yield
-    clear_caches()
+def _private_cache(private_model_cache: None) -> None:
+    """Every test here gets :func:`tests.conftest.private_model_cache`."""
 
 
 def pad_collate(examples: list[dict]) -> dict[str, torch.Tensor]:

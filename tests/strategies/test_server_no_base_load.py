@@ -21,7 +21,7 @@ from fedlora.aggregation import GlobalAdapter
 from fedlora.config import compose
 from fedlora.export.adapter import load_exported, save_adapter, state_checksum
 from fedlora.lora.state import get_lora_state
-from fedlora.models.build import base_model_loads, clear_caches
+from fedlora.models.build import base_model_loads
 from fedlora.results import read_jsonl
 from fedlora.training.central import CentralEvaluator
 from tests.conftest import random_state
@@ -30,13 +30,7 @@ from tests.integration.runs import ROOT
 OFF = ["preset=smoke", "federation.central_eval=false"]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("FEDLORA_CACHE", str(tmp_path_factory.getbasetemp() / "fedlora-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    clear_caches()
-    yield
-    clear_caches()
+pytestmark = pytest.mark.usefixtures("private_model_cache")
 
 
 def test_evaluator_gives_shapes_without_loading_when_central_eval_is_off() -> None:
