@@ -5,7 +5,6 @@ Each client's adapter is loaded into a PEFT model at its rank; ``sum_k p_k get_d
 aggregated global adapter loaded into a PEFT model with its rank/alpha patterns.
 """
 
-import warnings
 
 import pytest
 import torch
@@ -13,48 +12,23 @@ import torch
 from fedlora.aggregation import ClientSpec, ClientUpdate, GlobalAdapter, get_aggregator
 from fedlora.lora.init import initial_state
 from fedlora.lora.state import expected_shapes, set_lora_state
+from tests.aggregation.gpt2_lora import delta_weights, gpt2_lora
 from tests.conftest import random_state
 
 ALPHA = 16.0
 RANKS, COUNTS = [4, 8, 16], [10, 30, 60]
-PREFIX = "base_model.model."
-
-
-def _gpt2(rank: int, alpha: float, rank_pattern=None, alpha_pattern=None):
-    from peft import LoraConfig, get_peft_model
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    config = GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=16, bos_token_id=0,
-                        eos_token_id=0)
-    base = GPT2LMHeadModel(config)
-    cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=["c_attn"], fan_in_fan_out=True,
-                     lora_dropout=0.0,
-                     rank_pattern={k.removeprefix(PREFIX): v for k, v in (rank_pattern or {}).items()},
-                     alpha_pattern={k.removeprefix(PREFIX): v for k, v in (alpha_pattern or {}).items()})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return get_peft_model(base, cfg).double()
-
-
-def _deltas(model) -> dict[str, torch.Tensor]:
-    from peft.tuners.lora import LoraLayer
-
-    with torch.no_grad():
-        return {n: mod.get_delta_weight("default").detach() for n, mod in model.named_modules()
-                if isinstance(mod, LoraLayer)}
 
 
 def _delta_of(adapter_state: dict, rank: int, alpha: float, rank_pattern=None, alpha_pattern=None):
-    model = _gpt2(rank, alpha, rank_pattern, alpha_pattern)
+    model = gpt2_lora(rank, alpha, rank_pattern, alpha_pattern)
     set_lora_state(model, adapter_state)
-    return _deltas(model)
+    return delta_weights(model)
 
 
 @pytest.mark.parametrize("name", ["ffa", "flora", "flexlora"])
 def test_exact_strategy_matches_peft_delta_weights_on_gpt2_conv1d(name):
     r_max = max(RANKS)
-    shapes = expected_shapes(_gpt2(r_max, ALPHA))
+    shapes = expected_shapes(gpt2_lora(r_max, ALPHA))
     assert any(".attn.c_attn.lora_A.weight" in k for k in shapes)
     initial = {k: v.double() for k, v in initial_state(shapes, seed=3).items()}
     agg = get_aggregator(name)(alpha=ALPHA)

@@ -8,56 +8,34 @@ PEFT computes each client's delta with its own ``alpha / sqrt(r_k)`` (and transp
 """
 
 import math
-import warnings
 
 import pytest
-import torch
 
 from fedlora.aggregation import ClientSpec, ClientUpdate, GlobalAdapter, get_aggregator
 from fedlora.lora.init import initial_state
 from fedlora.lora.state import expected_shapes, set_lora_state
+from tests.aggregation.gpt2_lora import delta_weights, gpt2_lora
 from tests.conftest import random_state
 
 ALPHA = 16.0
 RANKS, COUNTS = [2, 4, 8], [10, 30, 60]
-PREFIX = "base_model.model."
-
-
-def _gpt2(rank: int, alpha: float, rank_pattern=None, alpha_pattern=None):
-    from peft import LoraConfig, get_peft_model
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    config = GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=16, bos_token_id=0,
-                        eos_token_id=0)
-    cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=["c_attn"], fan_in_fan_out=True,
-                     lora_dropout=0.0, use_rslora=True,
-                     rank_pattern={k.removeprefix(PREFIX): v for k, v in (rank_pattern or {}).items()},
-                     alpha_pattern={k.removeprefix(PREFIX): v for k, v in (alpha_pattern or {}).items()})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return get_peft_model(GPT2LMHeadModel(config), cfg).double()
 
 
 def _deltas(state: dict, rank: int, alpha: float, rank_pattern=None, alpha_pattern=None) -> dict:
     from peft.tuners.lora import LoraLayer
 
-    model = _gpt2(rank, alpha, rank_pattern, alpha_pattern)
+    model = gpt2_lora(rank, alpha, rank_pattern, alpha_pattern, use_rslora=True)
     set_lora_state(model, state)
-    with torch.no_grad():
-        out = {}
-        for name, mod in model.named_modules():
-            if isinstance(mod, LoraLayer):
-                r = mod.r["default"]
-                assert mod.scaling["default"] == mod.lora_alpha["default"] / math.sqrt(r)  # rsLoRA
-                out[name] = mod.get_delta_weight("default").detach()
-        return out
+    for mod in model.modules():
+        if isinstance(mod, LoraLayer):
+            assert mod.scaling["default"] == mod.lora_alpha["default"] / math.sqrt(mod.r["default"])  # rsLoRA
+    return delta_weights(model)
 
 
 @pytest.mark.parametrize("name", ["ffa", "flora", "flexlora"])
 def test_exact_strategy_matches_peft_rslora_delta_weights(name):
     r_max = max(RANKS)
-    shapes = expected_shapes(_gpt2(r_max, ALPHA))
+    shapes = expected_shapes(gpt2_lora(r_max, ALPHA, use_rslora=True))
     initial = {k: v.double() for k, v in initial_state(shapes, seed=3).items()}
     agg = get_aggregator(name)(alpha=ALPHA, use_rslora=True)
     agg.init_state(GlobalAdapter(initial, r_max, ALPHA, use_rslora=True))
