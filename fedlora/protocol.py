@@ -24,6 +24,7 @@ FREEZE_A = "freeze-a"  # ffa: regenerate A from lora.init_seed, keep it frozen, 
 A_RANK_MAX = "a-rank-max"  # ffa: rank of the shared A the client takes its first rows from
 RANK_PATTERN = "rank-pattern"  # JSON {module: rank} of a global adapter whose modules differ
 ALPHA_PATTERN = "alpha-pattern"  # JSON {module: alpha}
+DP_B_WEIGHT = "dp-b-weight"  # privacy=local: B's weight in the space the strategy averages (s_k or 1)
 
 # MetricRecord / capability keys sent by clients.
 NUM_EXAMPLES = "num-examples"

@@ -27,7 +27,7 @@ from typing import ClassVar
 import torch
 
 from fedlora.aggregation.variants import lora_scaling, magnitude_problem
-from fedlora.lora.factored import Factors, frobenius_norm, relative_error, stack, tail_norm
+from fedlora.lora.factored import Factors, relative_error, stack
 from fedlora.lora.keys import LoraState, a_key, b_key, extra_keys, lora_modules
 
 
@@ -101,6 +101,8 @@ class Aggregator(ABC):
     """True (ffa): clients regenerate A from ``lora.init_seed``, keep it frozen and upload only B."""
     refuses_dora: ClassVar[str] = ""
     """Why this strategy cannot aggregate DoRA adapters (``lora.use_dora``); empty when it can."""
+    refuses_dp: ClassVar[str] = ""
+    """Why this strategy cannot run under differential privacy (``privacy.mode``); empty when it can."""
 
     def __init__(
         self, *, alpha: float, norm_weighted: bool = False, rank_cap: int = 0, energy: float = 0.0,
@@ -165,6 +167,16 @@ class Aggregator(ABC):
     def aggregate(self, updates: Sequence[ClientUpdate]) -> dict[str, float]:
         """Combine this round's accepted updates into the global state; return round metrics."""
 
+    def dp_b_weight(self, spec: ClientSpec) -> float:
+        """How much a unit of the client's PEFT B counts in the space this strategy averages
+        (1; ``s_k`` where B is folded with the client's scaling): see :mod:`fedlora.privacy.mechanism`."""
+        return 1.0
+
+    def add_dp_noise(self, updates: Sequence[ClientUpdate], std: float, generator: torch.Generator) -> None:
+        """Central DP: add ``N(0, std^2)`` to every global entry that :meth:`aggregate` just averaged
+        over ``updates`` (clipped, equally weighted). Linear strategies implement it."""
+        raise NotImplementedError(f"{self.name}: {self.refuses_dp or 'no central DP noise rule'}")
+
     @abstractmethod
     def global_adapter(self) -> GlobalAdapter:
         """The current global model as a loadable adapter."""
@@ -225,43 +237,6 @@ def unfolded(
 def section(state: LoraState, prefix: str) -> LoraState:
     """The entries of a checkpoint written under ``prefix`` (e.g. ``"extra."``), prefix removed, copied."""
     return {k.removeprefix(prefix): v.clone() for k, v in state.items() if k.startswith(prefix)}
-
-
-class PrefixTruncation:
-    """What sending a client only the first r components of the global factors leaves out.
-
-    For strategies whose payload is a plain prefix of G (``ffa``, ``hetlora``): every
-    :meth:`record` appends, per module, ``||G - G[:r]|| / ||G||`` (0 while G is zero), and
-    :meth:`metrics` reports them as ``trunc-rel-error-max``/``-mean``. The norms of G are computed
-    once per global state: call :meth:`global_changed` whenever G changes.
-    """
-
-    def __init__(self) -> None:
-        self._norms: dict[str, float] | None = None
-        self._errors: list[float] = []
-
-    def begin_round(self) -> None:
-        self._errors = []
-
-    def global_changed(self) -> None:
-        self._norms = None
-
-    def record(self, G: Mapping[str, Factors], rank: int) -> None:
-        if self._norms is None:
-            self._norms = {m: frobenius_norm(g) for m, g in G.items()}
-        for m, g in G.items():
-            total = self._norms[m]
-            self._errors.append(tail_norm(g, rank) / total if total > 0 else 0.0)
-
-    def metrics(self) -> dict[str, float]:
-        return truncation_metrics(self._errors)
-
-
-def truncation_metrics(errors: Sequence[float]) -> dict[str, float]:
-    """``trunc-rel-error-max``/``-mean`` of the relative errors of this round's payload truncations."""
-    if not errors:
-        return {}
-    return {"trunc-rel-error-max": max(errors), "trunc-rel-error-mean": sum(errors) / len(errors)}
 
 
 def weighted_mean(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:

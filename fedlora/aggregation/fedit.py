@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 from fedlora.aggregation.base import (
     Aggregator,
     ClientSpec,
@@ -32,6 +34,7 @@ from fedlora.aggregation.registry import register
 from fedlora.aggregation.variants import lora_scaling
 from fedlora.lora.factored import Factors
 from fedlora.lora.keys import LoraState, a_key, b_key, uniform_rank
+from fedlora.privacy.mechanism import gaussian_like
 
 
 @register
@@ -70,6 +73,11 @@ class FedIT(Aggregator):
             result[module] = Factors(B=scaling * B, A=A)
         self._state = new
         return gap_to_oracle(updates, p, result)
+
+    def add_dp_noise(self, updates: Sequence[ClientUpdate], std: float, generator: torch.Generator) -> None:
+        """Every averaged tensor (A, B, any head or magnitudes) gets ``N(0, std^2)``: noise on both
+        factors, which the product ``B A`` multiplies (the effect FFA-LoRA avoids by freezing A)."""
+        self._state = {k: v + gaussian_like(v, std, generator) for k, v in self._state.items()}
 
     def global_adapter(self) -> GlobalAdapter:
         return GlobalAdapter(state=_copy(self._state), rank=self._rank, alpha=self.alpha,

@@ -35,7 +35,6 @@ from fedlora.aggregation.base import (
     ClientSpec,
     ClientUpdate,
     GlobalAdapter,
-    PrefixTruncation,
     check_rank,
     client_weights,
     gap_to_oracle,
@@ -44,9 +43,11 @@ from fedlora.aggregation.base import (
     unfolded,
 )
 from fedlora.aggregation.registry import register
+from fedlora.aggregation.truncation import PrefixTruncation
 from fedlora.lora.factored import Factors
 from fedlora.lora.init import state_hash
 from fedlora.lora.keys import LoraState, a_key, b_key, extra_keys, lora_modules, uniform_rank
+from fedlora.privacy.mechanism import gaussian_like
 
 
 @register
@@ -127,6 +128,20 @@ class FFALoRA(Aggregator):
         self._extras = mean_extras(updates, p)
         self._trunc.global_changed()
         return metrics
+
+    def dp_b_weight(self, spec: ClientSpec) -> float:
+        return spec.scaling  # B is averaged folded, s_k B_k
+
+    def add_dp_noise(self, updates: Sequence[ClientUpdate], std: float, generator: torch.Generator) -> None:
+        """Noise on the folded B columns some client of the round trained (and on any extras); the
+        shared A is data-independent and stays exact."""
+        held = max(u.spec.rank for u in updates)
+        for m, B in self._B.items():
+            B = B.clone()
+            B[:, :held] += gaussian_like(B[:, :held], std, generator)
+            self._B[m] = B
+        self._extras = {k: v + gaussian_like(v, std, generator) for k, v in self._extras.items()}
+        self._trunc.global_changed()
 
     def global_adapter(self) -> GlobalAdapter:
         G = {m: Factors(B=self._B[m], A=A) for m, A in self._A.items()}

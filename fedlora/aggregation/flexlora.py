@@ -43,9 +43,9 @@ from fedlora.aggregation.base import (
     gap_to_oracle,
     mean_extras,
     section,
-    truncation_metrics,
 )
 from fedlora.aggregation.registry import register
+from fedlora.aggregation.truncation import truncation_metrics
 from fedlora.aggregation.variants import folded_alpha
 from fedlora.lora.factored import Factors, empty, keep_count, split_svd, stack, svd
 from fedlora.lora.keys import LoraState, a_key, b_key, extra_keys, lora_modules, uniform_rank
@@ -58,6 +58,11 @@ class FlexLoRA(Aggregator):
     name = "flexlora"
     exact = True
     accepts_mixed_ranks = True
+    refuses_dp = (
+        "FlexLoRA averages the full products s_k B_k A_k and re-factors their sum by SVD; a DP bound "
+        "would have to hold for that dense out x in update per module, which fedlora does not clip "
+        "or noise (noise on the factors enters the product squared and the SVD re-mixes it)"
+    )
 
     def init_state(self, initial: GlobalAdapter) -> None:
         self.check_initial(initial)

@@ -71,6 +71,11 @@ class FLoRA(Aggregator):
     name = "flora"
     exact = True
     accepts_mixed_ranks = True
+    refuses_dp = (
+        "FLoRA stacks every client's own factors into the global adapter, so the server publishes "
+        "each client's update individually: there is no sum over clients for one noise draw to hide "
+        "a client in, and noise on both stacked factors enters their product B A squared"
+    )
     refuses_dora = (
         "each round's clients train a fresh adapter on top of the global update G, which rides as a "
         "second, frozen adapter; PEFT's DoRA normalises by the base weight alone (||W0 + s B A||, "

@@ -38,7 +38,6 @@ from fedlora.aggregation.base import (
     ClientSpec,
     ClientUpdate,
     GlobalAdapter,
-    PrefixTruncation,
     check_rank,
     client_weights,
     gap_to_oracle,
@@ -47,8 +46,10 @@ from fedlora.aggregation.base import (
     unfolded,
 )
 from fedlora.aggregation.registry import register
+from fedlora.aggregation.truncation import PrefixTruncation
 from fedlora.lora.factored import Factors, frobenius_norm
 from fedlora.lora.keys import LoraState, a_key, b_key, extra_keys, lora_modules, uniform_rank
+from fedlora.privacy.mechanism import gaussian_like
 
 
 @register
@@ -124,6 +125,21 @@ class HetLoRA(Aggregator):
         self._extras = mean_extras(updates, p)
         self._trunc.global_changed()
         return metrics
+
+    def dp_b_weight(self, spec: ClientSpec) -> float:
+        return spec.scaling  # B is averaged folded, s_k B_k
+
+    def add_dp_noise(self, updates: Sequence[ClientUpdate], std: float, generator: torch.Generator) -> None:
+        """Noise on the slots some client of the round trained, in the folded space the zero-padded
+        mean lives in (and on any extras); slots no client held keep their value, as in aggregate."""
+        held = max(u.spec.rank for u in updates)
+        for m, g in self._G.items():
+            B, A = g.B.clone(), g.A.clone()
+            B[:, :held] += gaussian_like(B[:, :held], std, generator)
+            A[:held] += gaussian_like(A[:held], std, generator)
+            self._G[m] = Factors(B=B, A=A)
+        self._extras = {k: v + gaussian_like(v, std, generator) for k, v in self._extras.items()}
+        self._trunc.global_changed()
 
     def global_adapter(self) -> GlobalAdapter:
         return unfolded(self._G, self._extras, self._rank, self.alpha, self.use_rslora, self.use_dora)

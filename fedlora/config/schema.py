@@ -3,9 +3,10 @@
 Each dataclass mirrors one Hydra group (and one package): ``model`` -> ``fedlora.models``,
 ``lora`` -> ``fedlora.lora``, ``data`` -> ``fedlora.data``, ``train`` -> ``fedlora.training``,
 ``strategy`` -> ``fedlora.aggregation``/``fedlora.strategies``, ``federation`` -> the Flower
-apps, ``export`` -> ``fedlora.export``. Field checks live next to the fields (``problems``) and
-return messages instead of raising, so that :func:`fedlora.config.load.load_config` can report
-every problem of a config at once, before any model or dataset is loaded.
+apps, ``export`` -> ``fedlora.export``, ``privacy`` -> ``fedlora.privacy``. Field checks live next
+to the fields (``problems``) and return messages instead of raising, so that
+:func:`fedlora.config.load.load_config` can report every problem of a config at once, before any
+model or dataset is loaded.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from fedlora.config.choices import (
 from fedlora.config.choices import choice_problems as _choice
 from fedlora.config.data_schema import DataConfig
 from fedlora.config.faults import parse_fault
+from fedlora.config.privacy_schema import PrivacyConfig
 from fedlora.config.train_schema import TrainConfig
 
 __all__ = [
-    "DataConfig", "ExportConfig", "FederationConfig", "LoraConfig", "ModelConfig", "RunConfig",
-    "StrategyConfig", "TrainConfig",
+    "DataConfig", "ExportConfig", "FederationConfig", "LoraConfig", "ModelConfig", "PrivacyConfig",
+    "RunConfig", "StrategyConfig", "TrainConfig",
 ]
 
 
@@ -226,6 +228,7 @@ class RunConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     seed: int = 0
     output_dir: str = ""
     resume: str = ""

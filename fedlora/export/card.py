@@ -102,6 +102,16 @@ def _base_rows(cfg: RunConfig, manifest: dict[str, Any], origin: HubOrigin | Non
     return "\n".join(rows)
 
 
+def _privacy_row(privacy: dict[str, Any] | None) -> str:
+    """The card's differential-privacy row (``privacy`` of the manifest), or a row saying there was none."""
+    if not privacy:
+        return "| differential privacy | none |\n"
+    return (f"| differential privacy | {privacy['mode']} DP ({privacy['unit']}): epsilon "
+            f"{privacy['epsilon']:.4g} at delta {privacy['delta']:g} after {privacy['releases']} release(s), "
+            f"clipping norm {privacy['clipping_norm']:g}, noise multiplier {privacy['noise_multiplier']:g}, "
+            f"sampling rate {privacy['sampling_rate']:.3g}, {privacy['accountant']} |\n")
+
+
 def model_card(cfg: RunConfig, manifest: dict[str, Any]) -> str:
     """Markdown with how to load the adapter on any machine and where it came from."""
     origin = base_origin(cfg.model, manifest.get("base_model_path"))
@@ -126,6 +136,7 @@ def model_card(cfg: RunConfig, manifest: dict[str, Any]) -> str:
                   "in full precision (as above) or in 4-bit, as in training: pass\n"
                   "`quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=\"nf4\", "
                   "bnb_4bit_use_double_quant=True)`.\n" if cfg.model.quantization == "nf4" else "")
+    privacy_row = _privacy_row(manifest.get("privacy"))
     return f"""---
 library_name: peft
 tags: [lora, federated-learning, flower, fedlora]
@@ -161,7 +172,7 @@ on (from `fedlora.json`) and also restores the label names.
 | run directory | `{manifest.get("run_dir")}` |
 | adapter checksum | `{manifest.get("state_checksum")}` |
 | exported round | {_selected(manifest)} |
-
+{privacy_row}
 ## Central evaluation of the exported round
 
 | metric | value |

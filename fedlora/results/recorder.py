@@ -29,6 +29,7 @@ _TABLE = [
     ("eval_gen_exact_match", "gen-em", "{:>6.3f}"),  # causal LM generation (fedlora.training.generation)
     ("eval_gen_rouge_l", "rouge-l", "{:>7.3f}"),
     ("agg_rel_error", "agg-gap", "{:>8.2e}"),
+    ("dp_epsilon", "epsilon", "{:>7.3f}"),  # privacy.mode central/local only
     ("bytes_down", "MB-down", "{:>8.2f}"),
     ("bytes_up", "MB-up", "{:>7.2f}"),
     ("seconds", "secs", "{:>6.1f}"),
@@ -119,6 +120,8 @@ class RunRecorder:
         rows = self.rows if rows is None else rows
         lm_only = {"eval_perplexity", "eval_gen_exact_match", "eval_gen_rouge_l"}
         skip = lm_only if self.task == "classification" else {"eval_accuracy", "eval_macro_f1"}
+        if not any("dp_epsilon" in r for r in self.rows + rows):
+            skip = skip | {"dp_epsilon"}
         cols = [c for c in _TABLE if c[0] not in skip]
         header = " ".join(
             f"{h:>{len(fmt.format(0) if 'e' not in fmt else '0.00e+00')}}" for _, h, fmt in cols

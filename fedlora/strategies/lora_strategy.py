@@ -31,6 +31,7 @@ from fedlora.lora.codec import record_nbytes, to_arrayrecord
 from fedlora.lora.keys import LoraState
 from fedlora.results import RunRecorder
 from fedlora.strategies.audit import Auditor
+from fedlora.strategies.privacy_guard import PrivacyGuard
 from fedlora.strategies.rows import client_row, mean_metrics, snake
 from fedlora.strategies.run_state import RunProgress
 from fedlora.strategies.validation import BadReply, examples_bound, validate_eval_reply, validate_reply
@@ -75,6 +76,7 @@ class LoraStrategy(FedAvg):
         global_rank: int = 0,
         auditor: Auditor | None = None,
         progress: RunProgress | None = None,
+        privacy: PrivacyGuard | None = None,
     ):
         fed = cfg.federation
         super().__init__(
@@ -93,6 +95,7 @@ class LoraStrategy(FedAvg):
         self.global_rank = global_rank or max(n.rank for n in nodes.values())
         self.auditor = auditor
         self.progress = progress
+        self.privacy = privacy  # privacy.mode central/local: clipping, noise, epsilon per round
         self._sent: dict[int, _Sent] = {}
         self._eval_sent: set[int] = set()
 
@@ -170,11 +173,15 @@ class LoraStrategy(FedAvg):
             extra: dict[str, Any] = {P.SERVER_ROUND: rnd, P.LR: lr, P.RANK: spec.rank, P.ALPHA: spec.alpha}
             if self.aggregator.freeze_a:
                 extra.update({P.FREEZE_A: True, P.A_RANK_MAX: self.global_rank})
+            if self.privacy is not None:
+                extra.update(self.privacy.train_config(self.aggregator, spec))
             messages.append(self._message(node, record, extra, MessageType.TRAIN, frozen))
         log.info(
             "round %d: training on %d/%d clients (partitions %s), lr %.2e",
             rnd, len(chosen), len(self.nodes), [n.partition_id for n in chosen], lr,
         )
+        if self.privacy is not None:
+            self.privacy.sampled(n.partition_id for n in chosen)
         self.recorder.add(lr=lr, bytes_down=sum(s.nbytes for s in self._sent.values()),
                           **snake(self.aggregator.payload_metrics()))
         if self.auditor is not None:
@@ -208,6 +215,8 @@ class LoraStrategy(FedAvg):
                 self._reject("train", rnd, node_id, str(err))
                 continue
             n = int(metrics[P.NUM_EXAMPLES])
+            if self.privacy is not None:
+                state = self.privacy.clip(self.aggregator, sent.spec, state, sent.payload)
             updates.append(ClientUpdate(spec=sent.spec, state=state, num_examples=self._weight_n(node_id, n)))
             losses.append((n, float(metrics.get(P.TRAIN_LOSS, math.nan))))
             bytes_up += nbytes
@@ -230,8 +239,10 @@ class LoraStrategy(FedAvg):
                 log.error("round %d: %s; global state unchanged", rnd, reason)
             return None, None
         agg_metrics = self.aggregator.aggregate(updates)
-        if self.auditor is not None:
+        if self.auditor is not None:  # the audit holds the exact (pre-noise) aggregate of what arrived
             self.auditor.write(updates, self.aggregator)
+        if self.privacy is not None:
+            agg_metrics.update(self.privacy.add_noise(self.aggregator, updates, rnd))
         total = sum(n for n, _ in losses)
         train_loss = sum(n * loss for n, loss in losses) / total
         self.recorder.add(train_loss=train_loss, **snake(agg_metrics))

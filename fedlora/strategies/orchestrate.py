@@ -34,6 +34,7 @@ from fedlora.results.views import close_views, open_views
 from fedlora.strategies.audit import Auditor
 from fedlora.strategies.discovery import discover_nodes
 from fedlora.strategies.lora_strategy import LoraStrategy, NodeInfo
+from fedlora.strategies.privacy_guard import PrivacyGuard
 from fedlora.strategies.run_state import RunFailed, RunProgress
 from fedlora.training.central import CentralEvaluator
 
@@ -85,10 +86,20 @@ def run_server(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         initial_state(shapes, cfg.lora.init_seed, magnitudes), global_rank, cfg.lora.alpha,
         use_rslora=cfg.lora.use_rslora, use_dora=cfg.lora.use_dora))
     done = progress.restore(aggregator, recorder) if cfg.resume else 0
+    guard = PrivacyGuard(cfg) if cfg.privacy.enabled else None
+    if guard is not None and cfg.resume:
+        guard.restore(recorder.rows, recorder.clients, recorder.rejected)
+    last = guard.rounds_allowed(cfg.federation.num_rounds) if guard is not None else cfg.federation.num_rounds
+    if last < cfg.federation.num_rounds:
+        log.warning("privacy: round %d would exceed privacy.target_epsilon=%g (epsilon %.4g at delta %g); "
+                    "the run ends after round %d of %d", last + 1, cfg.privacy.target_epsilon,
+                    guard.accountant.epsilon_after(last + 1), cfg.privacy.delta, last,  # type: ignore[union-attr]
+                    cfg.federation.num_rounds)
 
     strategy = LoraStrategy(cfg=cfg, aggregator=aggregator, nodes=nodes, recorder=recorder,
                             shared_config=shared, round_offset=done, global_rank=global_rank,
-                            auditor=Auditor(out_dir) if cfg.export.audit else None, progress=progress)
+                            auditor=Auditor(out_dir) if cfg.export.audit else None, progress=progress,
+                            privacy=guard)
 
     def end_of_round(server_round: int, _arrays: Any) -> MetricRecord | None:
         rnd = server_round + done
@@ -99,11 +110,11 @@ def run_server(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         row = recorder.end_round(rnd, metrics)
         progress.observe(rnd, row, aggregator)
         every = cfg.export.checkpoint_every
-        if every and (rnd % every == 0 or rnd == cfg.federation.num_rounds):
+        if every and (rnd % every == 0 or rnd == last):
             progress.checkpoint(rnd, aggregator, recorder)
         return MetricRecord(metrics) if metrics else None
 
-    remaining = cfg.federation.num_rounds - done
+    remaining = last - done
     failure = ""
     views = open_views(cfg.progress, cfg.tensorboard, cfg.federation.num_rounds, out_dir, done)
     recorder.listeners += views
@@ -119,12 +130,12 @@ def run_server(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         close_views(views)
         recorder.listeners = [v for v in recorder.listeners if v not in views]
     return _finish(cfg, out_dir, aggregator, evaluator, recorder, nodes, progress,
-                   time.perf_counter() - t0, failure)
+                   time.perf_counter() - t0, failure, guard, last)
 
 
 def _finish(cfg: RunConfig, out_dir: Path, aggregator: Any, evaluator: CentralEvaluator,
             recorder: RunRecorder, nodes: dict[int, NodeInfo], progress: RunProgress, seconds: float,
-            failure: str = "") -> dict[str, Any]:
+            failure: str = "", guard: PrivacyGuard | None = None, last: int = 0) -> dict[str, Any]:
     recorder.write()
     final = dict(recorder.rows[-1]) if recorder.rows else {}
     summary: dict[str, Any] = {
@@ -137,11 +148,15 @@ def _finish(cfg: RunConfig, out_dir: Path, aggregator: Any, evaluator: CentralEv
         "rejected_replies": len(recorder.rejected), "failed_rounds": progress.failed_rounds,
         **progress.summary(final),
     }
+    if guard is not None:
+        summary["privacy"] = guard.summary()
+        if last < cfg.federation.num_rounds:
+            summary["privacy"]["stopped_after_round"] = last  # the next round would exceed target_epsilon
     if failure:
         summary["failure"] = failure
     elif cfg.export.adapter:
         summary.update(_export(cfg, out_dir, aggregator, evaluator, final, len(nodes), progress,
-                               recorder.rows))
+                               recorder.rows, summary.get("privacy")))
     # Base models this server process loaded: the counted (cached) loads, plus the fresh bases that
     # export.verify and export.merged reload outside that cache. 0 with central_eval=false and no
     # merged export: a SuperLink host without the weights or a GPU can then serve the run.
@@ -159,7 +174,7 @@ def _finish(cfg: RunConfig, out_dir: Path, aggregator: Any, evaluator: CentralEv
 
 def _export(cfg: RunConfig, out_dir: Path, aggregator: Any, evaluator: CentralEvaluator,
             final: dict[str, Any], num_clients: int, progress: RunProgress,
-            rows: list[dict[str, Any]]) -> dict[str, Any]:
+            rows: list[dict[str, Any]], privacy: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the selected global adapter (compressed if export.rank/energy ask) and check it reloads."""
     chosen, selected = aggregator.global_adapter(), {"select": "last", "round": final.get("round")}
     scored = {k[5:]: v for k, v in final.items() if k.startswith("eval_")}
@@ -175,7 +190,7 @@ def _export(cfg: RunConfig, out_dir: Path, aggregator: Any, evaluator: CentralEv
         scored = evaluator.evaluate(adapter)
     provenance = {"num_clients": num_clients, "rounds": cfg.federation.num_rounds, "run_dir": str(out_dir),
                   "final_metrics": scored, "state_checksum": state_checksum(adapter.state),
-                  "selected": selected,
+                  "selected": selected, "privacy": privacy,
                   "export_compression": {"rank": cfg.export.rank, "energy": cfg.export.energy,
                                          "energy_kept_min": kept} if compressed else None}
     adapter_dir = save_adapter(cfg, adapter, evaluator.labels, out_dir / "adapter", provenance)

@@ -26,8 +26,10 @@ from fedlora.lora.state import expected_shapes, get_lora_state, set_lora_state, 
 from fedlora.models.adapters import activate, freeze_lora_a, load_frozen
 from fedlora.models.build import build_lora_model, load_tokenizer
 from fedlora.models.targets import resolve_target_modules
+from fedlora.privacy.mechanism import noise_generator, privatize_local
 from fedlora.protocol import A_HASH as P_A_HASH
 from fedlora.protocol import A_RANK_MAX as P_A_RANK_MAX
+from fedlora.protocol import DP_B_WEIGHT as P_DP_B_WEIGHT
 from fedlora.training.evaluate import evaluate
 from fedlora.training.faults import apply_faults
 from fedlora.training.local import train_local
@@ -106,6 +108,7 @@ class RoundPlan:
     frozen: LoraState | None = None  # flora: the global update, applied as a frozen second adapter
     freeze_a: bool = False  # ffa: A regenerated from lora.init_seed, frozen, not uploaded
     a_rank_max: int = 0  # ffa: rank of the shared A (the client uses its first `rank` rows)
+    dp_b_weight: float = 0.0  # privacy=local: B's weight in the space the strategy averages (0: not sent)
 
 
 def shared_a(cfg: RunConfig, shapes: dict[str, tuple[int, ...]], rank: int, rank_max: int) -> LoraState:
@@ -160,7 +163,23 @@ def train_round(
         metrics[P_A_HASH] = state_hash(a_now)
         out = {k: v for k, v in out.items() if k not in a_part}
     activate(model, trainable)  # leave no frozen adapter active for the next caller
+    if cfg.privacy.mode == "local":
+        out = _release_locally(cfg, out, state, plan, facts.partition_id)
     return apply_faults(cfg, facts.partition_id, plan.server_round, out, metrics)  # simulated bad clients
+
+
+def _release_locally(cfg: RunConfig, out: LoraState, start: LoraState, plan: RoundPlan,
+                     partition_id: int) -> LoraState:
+    """``privacy=local``: clip this client's update and add its Gaussian noise before anything leaves."""
+    if plan.dp_b_weight <= 0:
+        raise ValueError("privacy.mode=local, but the train message carries no positive "
+                         f"{P_DP_B_WEIGHT!r}: the server must run fedlora with the same privacy config")
+    priv = cfg.privacy
+    generator = noise_generator(priv.noise_seed, "local", plan.server_round, partition_id)
+    released, _ = privatize_local(out, start, bound=priv.clipping_norm,
+                                  noise_multiplier=priv.noise_multiplier, b_weight=plan.dp_b_weight,
+                                  generator=generator)
+    return released
 
 
 def evaluate_round(

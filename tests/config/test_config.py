@@ -26,7 +26,7 @@ def test_every_option_composes_and_validates(group, option):
     if group == "data" and option in ("files", "hf"):
         overrides.append("data.path=some/file.jsonl")
     # Data and model must agree on the task: pair causal-LM data with a causal-LM model.
-    if group == "data" and option in ("foldoc", "chitchat"):
+    if group == "data" and option in ("foldoc", "foldoc_acronyms", "chitchat"):
         overrides += ["model=tiny_llama", "lora=llama"]
     if group == "model" and option in ("smollm2", "tiny_llama"):
         overrides += ["data=foldoc", "lora=llama"]
