@@ -71,8 +71,8 @@ def main(dcfg: DictConfig) -> None:
     if privacy := summary.get("privacy"):
         stopped = (f"; stopped after round {privacy['stopped_after_round']} (privacy.target_epsilon="
                    f"{privacy['target_epsilon']:g})" if "stopped_after_round" in privacy else "")
-        print(f"  privacy: {privacy['mode']} DP, epsilon {privacy['epsilon']:.4g} at delta {privacy['delta']:g} "
-              f"after {privacy['releases']} release(s){stopped}")
+        print(f"  privacy: {privacy['mode']} DP, epsilon {privacy['epsilon']:.4g} at delta "
+              f"{privacy['delta']:g} after {privacy['releases']} release(s){stopped}")
     print(f"  bytes sent: {summary['bytes_total'] / 1e6:.2f} MB (down + up); "
           f"rejected replies: {summary['rejected_replies']}")
     if "adapter_dir" in summary:

@@ -7,8 +7,9 @@ validated by :func:`fedlora.config.load.build_config`; every problem of every ru
 once, grouped by message.
 
 What a comparison seed varies and what it keeps (so differences come from the strategy): the
-seed sets ``seed``, ``lora.init_seed`` (the initial adapter), ``train.seed`` (shuffles, dropout)
-and ``federation.seed`` (client sampling); ``data.seed`` is never touched, so every run of a
+seed sets ``seed``, ``lora.init_seed`` (the initial adapter), ``train.seed`` (shuffles, dropout),
+``federation.seed`` (client sampling) and ``privacy.noise_seed`` (the DP noise, used only under
+``privacy=central|local``); ``data.seed`` is never touched, so every run of a
 scenario trains on the same partitions and is scored on the same central test set.
 """
 
@@ -26,7 +27,8 @@ from fedlora.compare.settings import CompareSettings, Scenario
 from fedlora.config.load import CONF_DIR, ConfigError, build_config
 from fedlora.config.schema import RunConfig
 
-SEED_FIELDS = ("seed", "lora.init_seed", "train.seed", "federation.seed")
+# privacy.noise_seed: the DP noise, so that two strategies compared under DP draw it the same way per seed.
+SEED_FIELDS = ("seed", "lora.init_seed", "train.seed", "federation.seed", "privacy.noise_seed")
 RESERVED = ("strategy", "strategy.name", *SEED_FIELDS, "output_dir", "resume")
 METRICS = {"classification": ("eval_accuracy", "eval_macro_f1", "eval_loss"),
            "causal_lm": ("eval_loss", "eval_perplexity")}

@@ -79,15 +79,18 @@ def markdown(plan: SweepPlan, rows: list[dict[str, Any]], failed: dict[str, str]
             continue
         title = f"## {scenario.name}" + (f": {scenario.description}" if scenario.description else "")
         lines += [title, "", f"Overrides: `{' '.join(scenario.overrides) or '(none)'}`", ""]
+        private = any(math.isfinite(r.get("dp_epsilon_mean", math.nan)) for r in sc_rows)
         header = ["method", "seeds", f"final {short(head)}", f"best {short(head)}",
-                  *[f"final {short(m)}" for m in others], "MB down", "MB up", "wall s", "agg gap"]
+                  *[f"final {short(m)}" for m in others], "MB down", "MB up", "wall s", "agg gap",
+                  *(["epsilon"] if private else [])]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in sc_rows:
             cells = [BASELINE_LABELS.get(r["method"], r["method"]), f"{r['seeds_done']}/{r['seeds_planned']}",
                      _pm(r, f"{head}_final"), _pm(r, f"{head}_best"), *[_pm(r, f"{m}_final") for m in others],
                      _num(r.get("bytes_down_mean", math.nan) / 1e6, ".3f"),
                      _num(r.get("bytes_up_mean", math.nan) / 1e6, ".3f"),
-                     _pm(r, "wall_s", ".1f"), _pm(r, "agg_rel_error", ".2e")]
+                     _pm(r, "wall_s", ".1f"), _pm(r, "agg_rel_error", ".2e"),
+                     *([_num(r.get("dp_epsilon_mean", math.nan), ".3f")] if private else [])]
             lines.append("| " + " | ".join(cells) + " |")
         images = plots.get(scenario.name, [])
         if images:

@@ -76,6 +76,8 @@ def run_values(result: RunResult, metrics: tuple[str, ...]) -> dict[str, float]:
     values["wall_s"] = result.wall_s
     gaps = [v for rnd, v in result.series("agg_rel_error") if rnd >= 1]
     values["agg_rel_error"] = math.fsum(gaps) / len(gaps) if gaps else math.nan
+    epsilons = result.series("dp_epsilon")  # privacy=central|local only: the budget spent by the end
+    values["dp_epsilon"] = epsilons[-1][1] if epsilons else math.nan
     return values
 
 

@@ -71,8 +71,10 @@ def privacy_cross_checks(cfg: RunConfig) -> list[str]:
     out: list[str] = []
     agg = AGGREGATORS.get(cfg.strategy.name)
     if priv.secure_aggregation:
-        why = agg.refuses_dp if agg is not None and agg.refuses_dp else SECAGG_REASON
-        out.append(f"privacy.secure_aggregation: not available with strategy {cfg.strategy.name!r}: {why}")
+        # SecAgg+ is unavailable whatever the strategy (SECAGG_REASON); a strategy's refuses_dp is
+        # about DP noise (FlexLoRA's SVD, say), not secure summation, so it is not the reason here
+        out.append(f"privacy.secure_aggregation: not available with strategy {cfg.strategy.name!r}: "
+                   f"{SECAGG_REASON}")
     if not priv.enabled:
         return out
     if agg is not None and agg.refuses_dp:

@@ -98,6 +98,7 @@ class LoraStrategy(FedAvg):
         self.privacy = privacy  # privacy.mode central/local: clipping, noise, epsilon per round
         self._sent: dict[int, _Sent] = {}
         self._eval_sent: set[int] = set()
+        self._pool_size = 0
 
     def _check_frozen_a(self, spec: ClientSpec, metrics: MetricRecord) -> str:
         """FFA-LoRA: the A a client trained against must be the shared one (by its hash)."""
@@ -138,6 +139,7 @@ class LoraStrategy(FedAvg):
         pool = sorted((n for n in self.nodes.values() if n.node_id in connected
                        and not (evaluating and n.num_eval_examples == 0)), key=lambda n: n.partition_id)
         k = min(len(pool), max(math.ceil(fraction * len(pool)), minimum))
+        self._pool_size = len(pool)  # privacy: the sampling rate actually used this round
         rng = random.Random(f"{self.cfg.federation.seed}-{server_round}")
         return sorted(rng.sample(pool, k), key=lambda n: n.partition_id)
 
@@ -181,7 +183,7 @@ class LoraStrategy(FedAvg):
             rnd, len(chosen), len(self.nodes), [n.partition_id for n in chosen], lr,
         )
         if self.privacy is not None:
-            self.privacy.sampled(n.partition_id for n in chosen)
+            self.privacy.sampled((n.partition_id for n in chosen), self._pool_size)
         self.recorder.add(lr=lr, bytes_down=sum(s.nbytes for s in self._sent.values()),
                           **snake(self.aggregator.payload_metrics()))
         if self.auditor is not None:

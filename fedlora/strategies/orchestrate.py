@@ -86,7 +86,7 @@ def run_server(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         initial_state(shapes, cfg.lora.init_seed, magnitudes), global_rank, cfg.lora.alpha,
         use_rslora=cfg.lora.use_rslora, use_dora=cfg.lora.use_dora))
     done = progress.restore(aggregator, recorder) if cfg.resume else 0
-    guard = PrivacyGuard(cfg) if cfg.privacy.enabled else None
+    guard = PrivacyGuard(cfg, len(nodes)) if cfg.privacy.enabled else None
     if guard is not None and cfg.resume:
         guard.restore(recorder.rows, recorder.clients, recorder.rejected)
     last = guard.rounds_allowed(cfg.federation.num_rounds) if guard is not None else cfg.federation.num_rounds

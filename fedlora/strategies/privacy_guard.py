@@ -13,6 +13,7 @@ rebuilt from the run's records on ``resume=``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -30,10 +31,10 @@ log = logging.getLogger(__name__)
 class PrivacyGuard:
     """Clipping, noise and the privacy ledger of one run (``privacy.mode`` central or local)."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, num_nodes: int = 0):
         self.cfg = cfg
         self.priv = cfg.privacy
-        self.accountant = Accountant.from_config(cfg)
+        self.accountant = Accountant.from_config(cfg, num_nodes)
         self.noised_rounds = 0  # central: rounds whose noisy aggregate was released
         self.participations: Counter[int] = Counter()  # local: partition -> rounds it was sampled in
         self._norms: list[float] = []
@@ -64,11 +65,21 @@ class PrivacyGuard:
 
         return {P.DP_B_WEIGHT: float(aggregator.dp_b_weight(spec))}
 
-    def sampled(self, partitions: Iterable[int]) -> None:
-        """Local DP: these clients release an update this round (counted whether or not it arrives)."""
+    def sampled(self, partitions: Iterable[int], pool: int = 0) -> None:
+        """This round trains ``partitions``, drawn from ``pool`` eligible nodes. Local DP: these clients
+        release an update (counted whether or not it arrives). Central DP: a round that sampled a
+        larger share than the accountant assumes (nodes went away) raises the accountant's rate for
+        the whole run, so the reported epsilon never understates what was spent."""
         self._norms = []
+        partitions = list(partitions)
         if self.priv.mode == "local":
             self.participations.update(partitions)
+        rate = len(partitions) / pool if pool > 0 else 0.0
+        if rate > self.accountant.sampling_rate + 1e-12:
+            log.warning("privacy: %d of %d nodes sampled (rate %.3g) > the accountant's rate %.3g; "
+                        "epsilon is accounted at %.3g from now on", len(partitions), pool, rate,
+                        self.accountant.sampling_rate, rate)
+            self.accountant = dataclasses.replace(self.accountant, sampling_rate=rate)
 
     def clip(self, aggregator: Aggregator, spec: ClientSpec, state: LoraState, payload: LoraState
              ) -> LoraState:
@@ -91,15 +102,20 @@ class PrivacyGuard:
             metrics.update(dp_noise_std=std, dp_clipped_fraction=sum(n > bound for n in self._norms)
                            / max(len(self._norms), 1),
                            dp_update_norm_mean=sum(self._norms) / max(len(self._norms), 1))
-        metrics.update(dp_epsilon=self.epsilon(), dp_delta=self.priv.delta, dp_releases=self.releases())
+        metrics.update(dp_epsilon=self.epsilon(), dp_delta=self.priv.delta, dp_releases=self.releases(),
+                       dp_sampling_rate=self.accountant.sampling_rate)
         return metrics
 
     # -- resume ---------------------------------------------------------------------------------
     def restore(self, rows: Sequence[dict[str, Any]], clients: Sequence[dict[str, Any]],
                 rejected: Sequence[dict[str, Any]]) -> None:
         """Rebuild the ledger from a checkpoint's records: noised rounds from the metric rows, and
-        each partition's train participations from its accepted and rejected train replies."""
+        each partition's train participations from its accepted and rejected train replies. The
+        sampling rate is the largest of this run's and the recorded rounds' (``dp_sampling_rate``)."""
         self.noised_rounds = sum(1 for r in rows if "dp_noise_std" in r)
+        recorded = max((float(r["dp_sampling_rate"]) for r in rows if "dp_sampling_rate" in r), default=0.0)
+        if recorded > self.accountant.sampling_rate:
+            self.accountant = dataclasses.replace(self.accountant, sampling_rate=recorded)
         self.participations = Counter(
             int(r["partition_id"]) for r in (*clients, *rejected)
             if r.get("stage") == "train" and r.get("partition_id") is not None)

@@ -45,7 +45,8 @@ def test_runs_share_data_and_steps_and_seeds_vary_only_what_they_should():
     assert plan.methods("iid") == ["fedit", "centralized", "local"]
     # Baselines ignore the strategy; federated fingerprints differ by seed.
     assert len({r.fingerprint for r in plan.runs}) == len(plan.runs)
-    assert seed_overrides(3) == ["seed=3", "lora.init_seed=3", "train.seed=3", "federation.seed=3"]
+    assert seed_overrides(3) == ["seed=3", "lora.init_seed=3", "train.seed=3", "federation.seed=3",
+                                 "privacy.noise_seed=3"]
 
 
 def test_every_run_is_reproducible_with_simulations_run():
