@@ -26,6 +26,9 @@ EXPORT_SELECT = ("last", "best")
 PROGRESS = ("auto", "bar", "log")
 # Differential privacy: none, central (the server clips and adds the noise), local (each client does).
 PRIVACY_MODES = ("none", "central", "local")
+# The sampling model of the reported epsilon (fedlora.strategies.privacy_accountant); auto: without
+# replacement (central) / no amplification (local).
+PRIVACY_ACCOUNTINGS = ("auto", "without_replacement", "poisson", "no_amplification")
 
 
 def choice_problems(path: str, value: str, allowed: tuple[str, ...]) -> list[str]:

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fedlora.config.choices import PRIVACY_MODES, choice_problems
+from fedlora.config.choices import PRIVACY_ACCOUNTINGS, PRIVACY_MODES, choice_problems
 
 if TYPE_CHECKING:
     from fedlora.config.schema import RunConfig
@@ -31,8 +31,10 @@ class PrivacyConfig:
     the Gaussian noise has standard deviation ``noise_multiplier * clipping_norm`` on the sum of
     the clipped updates (``central``) or on each client's own update (``local``). ``delta`` is the
     delta of the (epsilon, delta) reported every round; ``target_epsilon`` > 0 ends the run before
-    a round would exceed it. ``noise_seed`` >= 0 makes the noise reproducible (experiments only:
-    a deployment should keep -1, fresh OS entropy).
+    a round would exceed it. ``accounting`` picks the sampling model of the epsilon (``auto``:
+    sampling without replacement for central DP, no amplification for local DP; see
+    :mod:`fedlora.strategies.privacy_accountant`). ``noise_seed`` >= 0 makes the noise reproducible
+    (experiments only: a deployment should keep -1, fresh OS entropy).
     """
 
     mode: str = "none"
@@ -42,6 +44,7 @@ class PrivacyConfig:
     target_epsilon: float = 0.0
     noise_seed: int = -1
     secure_aggregation: bool = False
+    accounting: str = "auto"
 
     @property
     def enabled(self) -> bool:
@@ -58,6 +61,11 @@ class PrivacyConfig:
             out.append(f"privacy.delta: expected a value in (0, 1), got {self.delta}")
         if self.target_epsilon < 0:
             out.append(f"privacy.target_epsilon: expected >= 0 (0 = no target), got {self.target_epsilon}")
+        out += choice_problems("privacy.accounting", self.accounting, PRIVACY_ACCOUNTINGS)
+        if self.mode == "local" and self.accounting in ("poisson", "without_replacement"):
+            out.append(f"privacy.accounting: {self.accounting!r} credits client sampling, which local DP "
+                       "cannot claim (the server knows who was sampled and sees each update); use auto or "
+                       "no_amplification")
         if self.target_epsilon > 0 and not self.enabled:
             out.append("privacy.target_epsilon: needs privacy.mode=central or local")
         return out
@@ -89,7 +97,7 @@ def privacy_cross_checks(cfg: RunConfig) -> list[str]:
                    f"bounded by privacy.clipping_norm only if all weigh the same), got "
                    f"{cfg.federation.weighting!r}; privacy={priv.mode} sets it unless overridden")
     if not out and priv.target_epsilon > 0:
-        from fedlora.privacy.accountant import Accountant
+        from fedlora.strategies.privacy_accountant import Accountant
 
         accountant = Accountant.from_config(cfg)
         first = accountant.epsilon_after(1)

@@ -109,7 +109,8 @@ def _privacy_row(privacy: dict[str, Any] | None) -> str:
     return (f"| differential privacy | {privacy['mode']} DP ({privacy['unit']}): epsilon "
             f"{privacy['epsilon']:.4g} at delta {privacy['delta']:g} after {privacy['releases']} release(s), "
             f"clipping norm {privacy['clipping_norm']:g}, noise multiplier {privacy['noise_multiplier']:g}, "
-            f"sampling rate {privacy['sampling_rate']:.3g}, {privacy['accountant']} |\n")
+            f"{privacy['sample_size']} of {privacy['population']} clients sampled per round, "
+            f"{privacy['accountant']} |\n")
 
 
 def model_card(cfg: RunConfig, manifest: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@ weights, and the aggregator adds ``N(0, (sigma C / m)^2)`` to each averaged entr
 sum of the m clipped updates). ``local``: the clients do the clipping and noising
 (:func:`fedlora.privacy.mechanism.privatize_local`); the server only tells each client how B is
 weighted and counts who was sampled. Either way each round's row gets ``dp_epsilon`` (at
-``dp_delta``) from :class:`fedlora.privacy.accountant.Accountant`, and what was released is
+``dp_delta``) from :class:`fedlora.strategies.privacy_accountant.Accountant`, and what was released is
 rebuilt from the run's records on ``resume=``.
 """
 
@@ -22,8 +22,8 @@ from typing import Any
 from fedlora.aggregation import Aggregator, ClientSpec, ClientUpdate
 from fedlora.config.schema import RunConfig
 from fedlora.lora.keys import LoraState
-from fedlora.privacy.accountant import Accountant
 from fedlora.privacy.mechanism import clip_update, noise_generator
+from fedlora.strategies.privacy_accountant import Accountant
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,12 @@ class PrivacyGuard:
         partitions = list(partitions)
         if self.priv.mode == "local":
             self.participations.update(partitions)
-        rate = len(partitions) / pool if pool > 0 else 0.0
-        if rate > self.accountant.sampling_rate + 1e-12:
-            log.warning("privacy: %d of %d nodes sampled (rate %.3g) > the accountant's rate %.3g; "
-                        "epsilon is accounted at %.3g from now on", len(partitions), pool, rate,
-                        self.accountant.sampling_rate, rate)
-            self.accountant = dataclasses.replace(self.accountant, sampling_rate=rate)
+        if pool > 0 and len(partitions) * self.accountant.population > self.accountant.sample_size * pool:
+            log.warning("privacy: %d of %d nodes sampled (rate %.3g) > the accountant's %d of %d; epsilon "
+                        "is accounted at %d of %d from now on", len(partitions), pool, len(partitions) / pool,
+                        self.accountant.sample_size, self.accountant.population, len(partitions), pool)
+            self.accountant = dataclasses.replace(self.accountant, sample_size=len(partitions),
+                                                  population=pool)
 
     def clip(self, aggregator: Aggregator, spec: ClientSpec, state: LoraState, payload: LoraState
              ) -> LoraState:
@@ -103,7 +103,8 @@ class PrivacyGuard:
                            / max(len(self._norms), 1),
                            dp_update_norm_mean=sum(self._norms) / max(len(self._norms), 1))
         metrics.update(dp_epsilon=self.epsilon(), dp_delta=self.priv.delta, dp_releases=self.releases(),
-                       dp_sampling_rate=self.accountant.sampling_rate)
+                       dp_sampling_rate=self.accountant.sampling_rate,
+                       dp_sample_size=self.accountant.sample_size, dp_population=self.accountant.population)
         return metrics
 
     # -- resume ---------------------------------------------------------------------------------
@@ -111,11 +112,14 @@ class PrivacyGuard:
                 rejected: Sequence[dict[str, Any]]) -> None:
         """Rebuild the ledger from a checkpoint's records: noised rounds from the metric rows, and
         each partition's train participations from its accepted and rejected train replies. The
-        sampling rate is the largest of this run's and the recorded rounds' (``dp_sampling_rate``)."""
+        sampling share is the largest of this run's and the recorded rounds' (``dp_sample_size`` of
+        ``dp_population``)."""
         self.noised_rounds = sum(1 for r in rows if "dp_noise_std" in r)
-        recorded = max((float(r["dp_sampling_rate"]) for r in rows if "dp_sampling_rate" in r), default=0.0)
-        if recorded > self.accountant.sampling_rate:
-            self.accountant = dataclasses.replace(self.accountant, sampling_rate=recorded)
+        for r in rows:  # the largest share any recorded round was accounted at
+            if "dp_sample_size" in r and "dp_population" in r:
+                k, n = int(r["dp_sample_size"]), int(r["dp_population"])
+                if k * self.accountant.population > self.accountant.sample_size * n:
+                    self.accountant = dataclasses.replace(self.accountant, sample_size=k, population=n)
         self.participations = Counter(
             int(r["partition_id"]) for r in (*clients, *rejected)
             if r.get("stage") == "train" and r.get("partition_id") is not None)
@@ -129,5 +133,15 @@ class PrivacyGuard:
         return {"mode": p.mode, "clipping_norm": p.clipping_norm, "noise_multiplier": p.noise_multiplier,
                 "delta": p.delta, "epsilon": self.epsilon(), "releases": self.releases(),
                 "sampling_rate": self.accountant.sampling_rate, "target_epsilon": p.target_epsilon,
-                "accountant": "RDP (dp-accounting)", "unit": "client-level (add/remove one client's data)"
-                if p.mode == "central" else "client-level local DP (any two updates of one client)"}
+                "sample_size": self.accountant.sample_size, "population": self.accountant.population,
+                "accounting": self.accountant.method, "accountant": self.accountant.describe(),
+                "unit": _unit(p.mode, self.accountant.method)}
+
+
+def _unit(mode: str, method: str) -> str:
+    """What one unit of privacy protects: the neighbouring relation the epsilon is stated for."""
+    if mode == "local":
+        return "client-level local DP (any two updates of one client)"
+    if method == "without_replacement":
+        return "client-level (replace one client's data)"
+    return "client-level (add or remove one client's data)"

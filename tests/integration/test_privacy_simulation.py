@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from fedlora.config import compose
-from fedlora.privacy.accountant import Accountant
 from fedlora.results import read_jsonl
+from fedlora.strategies.privacy_accountant import Accountant
 from fedlora.strategies.privacy_guard import PrivacyGuard
 from tests.integration.runs import ROOT
 
@@ -45,7 +45,7 @@ def private_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
 
 def test_every_round_reports_the_accountants_epsilon(private_run):
     mode, _, out, summary = private_run
-    acc = Accountant(mode, SIGMA, DELTA, 1.0)  # smoke: 2 of 2 clients every round
+    acc = Accountant(mode, SIGMA, DELTA, 2, 2)  # smoke: 2 of 2 clients every round
     rows = read_jsonl(out / "metrics.jsonl")
     trained = [r for r in rows if r["round"] > 0]
     assert [r["round"] for r in trained] == list(range(1, ROUNDS + 1))
@@ -68,7 +68,7 @@ def test_every_round_reports_the_accountants_epsilon(private_run):
 def test_exported_adapter_records_the_privacy(private_run):
     mode, _, _, summary = private_run
     adapter = Path(summary["adapter_dir"])
-    eps = Accountant(mode, SIGMA, DELTA, 1.0).epsilon_after(ROUNDS)
+    eps = Accountant(mode, SIGMA, DELTA, 2, 2).epsilon_after(ROUNDS)
     row = [line for line in (adapter / "README.md").read_text().splitlines()
            if line.startswith("| differential privacy |")]
     assert len(row) == 1, "the model card needs exactly one differential-privacy row"
@@ -92,7 +92,7 @@ def test_the_ledger_is_rebuilt_from_the_runs_records(private_run):
 
 
 def test_a_target_epsilon_ends_the_run_before_it_is_exceeded(tmp_path: Path):
-    acc = Accountant("central", SIGMA, DELTA, 1.0)
+    acc = Accountant("central", SIGMA, DELTA, 2, 2)
     first, second = acc.epsilon_after(1), acc.epsilon_after(2)
     target = (first + second) / 2
     summary = _run(["privacy=central", "privacy.noise_seed=0", "federation.num_rounds=3",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from fedlora.config import ConfigError, compose
-from fedlora.privacy.accountant import Accountant
+from fedlora.strategies.privacy_accountant import Accountant
 
 STRATEGIES = ["fedit", "ffa", "hetlora", "flora", "flexlora"]
 
@@ -139,3 +139,24 @@ def test_bad_privacy_fields_name_the_field(override: str, field: str):
         assert shown == value
     else:
         assert "got" in problem and float(shown) == float(value)
+
+
+@pytest.mark.parametrize("accounting", ["poisson", "without_replacement"])
+def test_local_dp_cannot_claim_sampling_amplification(accounting: str):
+    problem = _one(_problems(["privacy=local", f"privacy.accounting={accounting}"]), "privacy.accounting")
+    assert accounting in problem and "local DP" in problem
+    cfg = compose(["privacy=local", "privacy.accounting=no_amplification"])
+    assert cfg.privacy.accounting == "no_amplification"
+
+
+def test_an_unknown_accounting_is_named():
+    problem = _one(_problems(["privacy=central", "privacy.accounting=prv"]), "privacy.accounting")
+    assert "'prv'" in problem and "poisson" in problem
+
+
+@pytest.mark.parametrize(("mode", "accounting", "method"), [
+    ("central", "auto", "without_replacement"), ("local", "auto", "no_amplification"),
+    ("central", "poisson", "poisson"), ("central", "no_amplification", "no_amplification")])
+def test_auto_accounting_resolves_per_mode(mode: str, accounting: str, method: str):
+    cfg = compose([f"privacy={mode}", f"privacy.accounting={accounting}"])
+    assert Accountant.from_config(cfg).method == method

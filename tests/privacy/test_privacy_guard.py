@@ -14,7 +14,7 @@ from fedlora.aggregation import Aggregator, ClientSpec, ClientUpdate, GlobalAdap
 from fedlora.config import RunConfig, compose
 from fedlora.lora.init import initial_state
 from fedlora.lora.keys import LoraState
-from fedlora.privacy.accountant import Accountant
+from fedlora.strategies.privacy_accountant import Accountant
 from fedlora.strategies.privacy_guard import PrivacyGuard
 
 ALPHA = 8.0
@@ -134,7 +134,7 @@ def test_central_noise_has_std_sigma_c_over_m_on_the_averaged_entries(name: str,
     assert abs(float(flat.mean())) <= 5 * std / math.sqrt(n)
 
     assert metrics["dp_noise_std"] == pytest.approx(std)
-    assert metrics["dp_epsilon"] == pytest.approx(Accountant("central", SIGMA, DELTA, 0.4).epsilon_after(1))
+    assert metrics["dp_epsilon"] == pytest.approx(Accountant("central", SIGMA, DELTA, 4, 10).epsilon_after(1))
     assert metrics["dp_delta"] == DELTA and metrics["dp_releases"] == 1
     assert metrics["dp_clipped_fraction"] == pytest.approx(2 / 3)
     assert metrics["dp_update_norm_mean"] == pytest.approx(sum(before) / len(before), rel=1e-9)
@@ -147,7 +147,7 @@ def test_second_round_reports_two_releases_and_draws_new_noise(name: str, rank: 
     updates = _round(agg, guard, name, ranks, 2)[0]
     exact = _averaged_space(agg, name)
     second = guard.add_noise(agg, updates, 2)
-    acc = Accountant("central", SIGMA, DELTA, 0.4)
+    acc = Accountant("central", SIGMA, DELTA, 4, 10)
     assert first["dp_epsilon"] == pytest.approx(acc.epsilon_after(1))
     assert second["dp_epsilon"] == pytest.approx(acc.epsilon_after(2)) and second["dp_releases"] == 2
     assert second["dp_epsilon"] > first["dp_epsilon"]
@@ -197,7 +197,7 @@ def test_strategies_without_a_noise_rule_refuse_central_noise():
 
 
 def test_rounds_allowed_follows_the_target():
-    acc = Accountant("central", SIGMA, DELTA, 0.4)
+    acc = Accountant("central", SIGMA, DELTA, 4, 10)
     target = (acc.epsilon_after(3) + acc.epsilon_after(4)) / 2
     cfg = compose(["privacy=central", f"privacy.noise_multiplier={SIGMA}", f"privacy.delta={DELTA}",
                    f"privacy.target_epsilon={target}"])
@@ -213,7 +213,7 @@ def test_restore_rebuilds_central_releases_from_metric_rows():
     clients = [{"stage": "train", "round": 1, "partition_id": 0}]
     guard.restore(rows, clients, [])
     assert guard.noised_rounds == 2 and guard.releases() == 2
-    assert guard.epsilon() == pytest.approx(Accountant("central", SIGMA, DELTA, 0.4).epsilon_after(2))
+    assert guard.epsilon() == pytest.approx(Accountant("central", SIGMA, DELTA, 4, 10).epsilon_after(2))
 
 
 def test_restore_rebuilds_local_participations_from_train_replies():
@@ -243,8 +243,8 @@ def test_a_round_that_samples_more_than_assumed_raises_the_accounted_rate_and_a_
     agg.aggregate(updates)
     metrics = guard.add_noise(agg, updates, 1)
     assert metrics["dp_sampling_rate"] == 1.0
-    assert metrics["dp_epsilon"] == pytest.approx(Accountant("central", SIGMA, DELTA, 1.0).epsilon_after(1))
-    assert metrics["dp_epsilon"] > Accountant("central", SIGMA, DELTA, 0.4).epsilon_after(1)
+    assert metrics["dp_epsilon"] == pytest.approx(Accountant("central", SIGMA, DELTA, 3, 3).epsilon_after(1))
+    assert metrics["dp_epsilon"] > Accountant("central", SIGMA, DELTA, 4, 10).epsilon_after(1)
     resumed = PrivacyGuard(_cfg(), num_nodes=10)
     resumed.restore([{"round": 1, **metrics}], [], [])
     assert resumed.epsilon() == pytest.approx(metrics["dp_epsilon"])
