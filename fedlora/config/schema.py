@@ -141,6 +141,7 @@ class FederationConfig:
     fraction_evaluate: float = 0.0
     min_evaluate_clients: int = 0
     central_eval: bool = True
+    eval_every: int = 1  # central evaluation after every k-th round (and round 0 and the last round)
     wire_dtype: str = "float32"
     max_reply_mb: float = 512.0
     round_timeout_s: float = 3600.0
@@ -164,6 +165,9 @@ class FederationConfig:
                        f"got {self.max_update_norm}")
         if self.generate_samples < 0:
             out.append(f"federation.generate_samples: expected >= 0 (0 = off), got {self.generate_samples}")
+        if self.eval_every < 1:
+            out.append(f"federation.eval_every: expected an integer >= 1 (1 = every round), "
+                       f"got {self.eval_every}")
         if self.max_new_tokens < 1:
             out.append(f"federation.max_new_tokens: expected >= 1, got {self.max_new_tokens}")
         if self.round_timeout_s <= 0:

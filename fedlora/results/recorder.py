@@ -1,9 +1,10 @@
 """Per-round and per-client metrics: JSONL and CSV files plus a console table.
 
 One row per round goes to ``metrics.jsonl``/``metrics.csv`` (round 0 is the untrained global
-adapter), one row per accepted client reply to ``clients.jsonl``, and each rejected reply with its
-reason to ``rejected.jsonl``. Files are rewritten from memory at each round, so a resumed run
-that reloads its rows continues the same files.
+adapter; a round that ``federation.eval_every`` does not evaluate has no ``eval_*`` keys, an empty
+cell in the CSV and ``-`` in the table), one row per accepted client reply to ``clients.jsonl``,
+and each rejected reply with its reason to ``rejected.jsonl``. Files are rewritten from memory at
+each round, so a resumed run that reloads its rows continues the same files.
 """
 
 from __future__ import annotations

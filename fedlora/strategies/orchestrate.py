@@ -37,6 +37,7 @@ from fedlora.strategies.lora_strategy import LoraStrategy, NodeInfo
 from fedlora.strategies.privacy_guard import PrivacyGuard
 from fedlora.strategies.run_state import RunFailed, RunProgress
 from fedlora.training.central import CentralEvaluator
+from fedlora.training.schedule import evaluates
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,9 @@ def run_server(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         rnd = server_round + done
         if server_round == 0 and done > 0:
             return None  # round `done` was evaluated before the crash
-        central = cfg.federation.central_eval
+        # federation.eval_every: rounds off the schedule skip the evaluator (their row has no eval_*)
+        scheduled = evaluates(rnd, last, cfg.federation.eval_every)
+        central = cfg.federation.central_eval and scheduled
         metrics = evaluator.evaluate(aggregator.global_adapter(), rnd) if central else None
         row = recorder.end_round(rnd, metrics)
         progress.observe(rnd, row, aggregator)

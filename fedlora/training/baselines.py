@@ -18,7 +18,8 @@ Budgets, so the comparison is fair:
   Rank: the largest client rank; initial adapter: the federation's round-0 adapter.
 * local-only: client ``p`` trains ``rounds x s`` steps alone, from the first ``r_p`` components of
   the same initial adapter, with the same per-round seeds and learning rates it would use in the
-  federation. After each round every client's adapter is scored on the central test set and the
+  federation. After each evaluated round (``federation.eval_every``, the federated schedule)
+  every client's adapter is scored on the central test set and the
   row holds the mean over clients (each client's own scores go to ``clients.jsonl``).
 
 No bytes travel in either, so their byte columns stay 0.
@@ -45,7 +46,7 @@ from fedlora.results import RunRecorder
 from fedlora.results.plots import plot_run
 from fedlora.training.central import CentralEvaluator
 from fedlora.training.local import num_steps, train_local
-from fedlora.training.schedule import lr_for_round
+from fedlora.training.schedule import evaluates, lr_for_round
 
 
 def clients_per_round(fed: FederationConfig) -> int:
@@ -101,7 +102,9 @@ def run_centralized(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
                              seed=cfg.train.seed + 1000 * rnd, label=f"centralized round {rnd}")
         recorder.add(clients=n, lr=lr, train_loss=result.loss, train_steps=result.steps,
                      num_examples=result.num_examples)
-        recorder.end_round(rnd, evaluator.evaluate_model(model))
+        # federation.eval_every: the same evaluation schedule as a federated run
+        scheduled = evaluates(rnd, rounds, cfg.federation.eval_every)
+        recorder.end_round(rnd, evaluator.evaluate_model(model) if scheduled else None)
     extra = {"rank": max(ranks), "train_examples": len(pooled), "steps_per_round": steps,
              "total_steps": steps * rounds}
     return _finish(cfg, out_dir, recorder, "centralized", time.perf_counter() - t0, extra)
@@ -124,6 +127,7 @@ def run_local_only(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         recorder.start_round(rnd)
         lr = lr_for_round(cfg.train, rnd, rounds)
         scores, losses = [], []
+        scheduled = evaluates(rnd, rounds, cfg.federation.eval_every)  # as in a federated run
         for p in range(n):
             model = evaluator.model_for(ranks[p], cfg.lora.alpha)
             set_lora_state(model, states[p])
@@ -131,8 +135,9 @@ def run_local_only(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
             result = train_local(model, data[p], evaluator.collate, cfg.train, lr=lr,
                                  seed=cfg.train.seed + 1000 * rnd + p, label=f"local client {p} round {rnd}")
             states[p] = get_lora_state(model)
-            metrics = evaluator.evaluate_model(model)
-            scores.append(metrics)
+            metrics = evaluator.evaluate_model(model) if scheduled else {}
+            if scheduled:
+                scores.append(metrics)
             losses.append((result.num_examples, result.loss))
             recorder.add_client({"round": rnd, "partition_id": p, "rank": ranks[p],
                                  "num_examples": result.num_examples, "train_loss": result.loss,
@@ -140,7 +145,7 @@ def run_local_only(cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
                                  **{f"eval_{k}": v for k, v in metrics.items()}})
         seen = sum(e for e, _ in losses)
         recorder.add(clients=n, lr=lr, train_loss=sum(e * loss for e, loss in losses) / seen)
-        recorder.end_round(rnd, _mean(scores))
+        recorder.end_round(rnd, _mean(scores) if scores else None)
     extra = {"ranks": ranks, "steps_per_round": [num_steps(cfg.train, len(d)) for d in data]}
     return _finish(cfg, out_dir, recorder, "local", time.perf_counter() - t0, extra)
 

@@ -55,3 +55,25 @@ def lr_for_round(cfg: TrainConfig, server_round: int, num_rounds: int) -> float:
     if cfg.lr_schedule == "cosine":
         return lr_min + (cfg.lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * progress))
     return cfg.lr - (cfg.lr - lr_min) * progress
+
+
+def evaluates(server_round: int, last_round: int, eval_every: int = 1) -> bool:
+    """Whether the server evaluates the global adapter after ``server_round`` (``federation.eval_every``).
+
+    Round 0 (the untrained baseline), every ``eval_every``-th round and the run's last round
+    (``last_round``; a privacy budget may end a run before ``federation.num_rounds``) are
+    evaluated. The schedule is a function of the absolute round, so a resumed run keeps it.
+
+    Examples
+    --------
+    >>> [r for r in range(6) if evaluates(r, 5, 2)]
+    [0, 2, 4, 5]
+    """
+    if eval_every < 1:
+        raise ValueError(f"federation.eval_every: expected an integer >= 1, got {eval_every}")
+    return server_round == 0 or server_round % eval_every == 0 or server_round == last_round
+
+
+def eval_rounds(num_rounds: int, eval_every: int = 1) -> list[int]:
+    """The rounds a run of ``num_rounds`` evaluates (see :func:`evaluates`)."""
+    return [r for r in range(num_rounds + 1) if evaluates(r, num_rounds, eval_every)]

@@ -44,3 +44,13 @@ def test_overwrite_and_resume_together_are_refused(tmp_path):
     (tmp_path / "checkpoint").mkdir()
     with pytest.raises(ConfigError, match="overwrite: cannot be combined with resume"):
         compose(["preset=smoke", "overwrite=true", f"resume={tmp_path}"])
+
+
+def test_eval_every_is_at_least_one():
+    assert compose(["preset=smoke"]).federation.eval_every == 1
+    assert compose(["preset=smoke", "federation.eval_every=3"]).federation.eval_every == 3
+    for bad in (0, -2):
+        with pytest.raises(ConfigError) as info:
+            compose(["preset=smoke", f"federation.eval_every={bad}"])
+        expected = f"federation.eval_every: expected an integer >= 1 (1 = every round), got {bad}"
+        assert expected in info.value.problems

@@ -36,3 +36,17 @@ def wait_for_checkpoint(proc: subprocess.Popen, out: Path, rnd: int, log: Path, 
         assert proc.poll() is None, log.read_text()[-3000:]
         assert time.monotonic() < deadline, f"round {rnd} was not checkpointed within {timeout_s:g} s"
         time.sleep(0.2)
+
+
+def run_to_end(overrides: list[str], out: Path, timeout_s: float = 600) -> dict:
+    """Run ``python -m simulations.run`` to completion into ``out``; return its ``summary.json``.
+
+    Fails with the console tail when the run exits non-zero.
+    """
+    import json
+
+    proc = subprocess.run([sys.executable, "-m", "simulations.run", *overrides, f"output_dir={out}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout_s,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return json.loads((Path(out) / "summary.json").read_text())

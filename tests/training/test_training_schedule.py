@@ -47,3 +47,16 @@ def test_invalid_inputs_name_the_field() -> None:
         lr_for_round(cfg, 4, 3)
     with pytest.raises(ValueError, match=r"train\.lr_schedule: expected one of"):
         lr_for_round(TrainConfig(lr_schedule="step"), 1, 3)
+
+
+def test_eval_schedule_every_k_rounds_plus_round_zero_and_the_last() -> None:
+    from fedlora.training.schedule import eval_rounds, evaluates
+
+    assert eval_rounds(5, 2) == [0, 2, 4, 5]
+    assert eval_rounds(5, 1) == [0, 1, 2, 3, 4, 5]
+    assert eval_rounds(4, 2) == [0, 2, 4]
+    assert eval_rounds(3, 10) == [0, 3]
+    # a run that ends early (a privacy budget) at round 3 of 5 is evaluated after round 3
+    assert evaluates(3, 3, 2) and not evaluates(3, 5, 2)
+    with pytest.raises(ValueError, match=r"federation\.eval_every"):
+        evaluates(1, 5, 0)
