@@ -31,7 +31,8 @@ from fedlora.config.schema import RunConfig
 SEED_FIELDS = ("seed", "lora.init_seed", "train.seed", "federation.seed", "privacy.noise_seed")
 RESERVED = ("strategy", "strategy.name", *SEED_FIELDS, "output_dir", "resume")
 METRICS = {"classification": ("eval_accuracy", "eval_macro_f1", "eval_loss"),
-           "causal_lm": ("eval_loss", "eval_perplexity")}
+           # the generation scores (fedlora.training.generation) when federation.generate_samples > 0
+           "causal_lm": ("eval_loss", "eval_perplexity", "eval_gen_rouge_l", "eval_gen_exact_match")}
 # Fields that change how a run executes or what it writes, not its numbers: not in the fingerprint.
 _EXECUTION_ONLY = {"output_dir": None, "resume": None, "export": None, "progress": None, "tensorboard": None,
                    "federation": ("ray_num_cpus", "client_num_cpus", "client_num_gpus", "round_timeout_s"),

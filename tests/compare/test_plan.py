@@ -111,3 +111,21 @@ def test_every_catalog_scenario_composes():
     partitioners = {r.scenario: r.cfg.data.partitioner for r in plan.runs}
     assert partitioners["iid"] == "iid" and partitioners["dirichlet01"] == "dirichlet"
     assert {r.cfg.data.dirichlet_alpha for r in plan.runs if r.scenario == "dirichlet01"} == {0.1}
+
+
+def test_causal_lm_comparisons_report_the_generation_scores():
+    """A causal-LM comparison scores the loss first and also carries the generation metrics."""
+    settings, runs = compose_settings(["preset=smoke_llm", "compare.out_dir=/tmp/unused",
+                                       "compare.strategies=[fedit]", "compare.scenarios=[iid]",
+                                       "compare.seeds=[0]", "compare.baselines=[]"])
+    plan = plan_sweep(settings, runs)
+    assert plan.task == "causal_lm"
+    assert plan.metrics == ("eval_loss", "eval_perplexity", "eval_gen_rouge_l", "eval_gen_exact_match")
+
+
+def test_dp_scenarios_draw_the_same_noise_per_seed_for_every_strategy():
+    plan = _plan("compare.scenarios=[dp_central]", "compare.baselines=[]")
+    assert {r.method for r in plan.runs} == {"fedit", "ffa"}
+    for r in plan.runs:
+        assert r.cfg.privacy.mode == "central" and r.cfg.privacy.noise_seed == r.seed
+        assert r.cfg.federation.weighting == "uniform"

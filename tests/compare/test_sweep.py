@@ -151,3 +151,33 @@ def test_table_matches_an_independent_recomputation(tmp_path):
     plan_file = json.loads((tmp_path / "plan.json").read_text())
     assert len(plan_file["runs"]) == 9
     assert plan_file["runs"][0]["command"].startswith("python -m simulations.run")
+
+
+def test_private_runs_show_the_epsilon_they_spent(tmp_path):
+    """A scenario whose runs record dp_epsilon gets an epsilon column with the last round's value
+    (mean over seeds); baselines, which spend none, show a dash; without DP there is no column."""
+    fake = Fake()
+    plain = fake.runner("federated")
+
+    def private(cfg, out_dir: Path):
+        out = plain(cfg, out_dir)
+        rows = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+        for r in rows[1:]:
+            r["dp_epsilon"] = 2.0 * r["round"] + cfg.train.seed  # last round: 6, 7, 8 over seeds 0..2
+        (Path(out_dir) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return out
+
+    settings, runs = _settings(tmp_path)
+    runners = {**fake.runners(), "federated": private}
+    _, _, report = run_comparison(settings, runs, runners, say=lambda _: None)
+    fedit = next(r for r in report["rows"] if r["method"] == "fedit")
+    assert fedit["dp_epsilon_mean"] == pytest.approx(7.0)
+    header = next(line for line in report["text"].splitlines() if line.startswith("| method |"))
+    assert header.rstrip(" |").endswith("epsilon")
+    assert any(line.startswith("| fedit |") and line.rstrip(" |").endswith("7.000")
+               for line in report["text"].splitlines())
+    assert any(line.startswith("| centralized") and line.rstrip(" |").endswith("–")
+               for line in report["text"].splitlines())
+    other, runs2 = _settings(tmp_path / "plain")
+    _, _, plain_report = run_comparison(other, runs2, Fake().runners(), say=lambda _: None)
+    assert "epsilon" not in plain_report["text"]
