@@ -12,6 +12,10 @@ G is kept in that SVD form (``U sqrt(S)``, ``sqrt(S) Vh``, components ordered by
 numerically-zero ones dropped), so a client's truncation is its first r_k components:
 ``B = U_k sqrt(S_k) / s_k``, ``A = sqrt(S_k) Vh_k``, i.e. ``s_k B A`` is the best rank-r_k
 approximation of G (Eckart-Young). Its kept energy is recorded for :meth:`FlexLoRA.payload_metrics`.
+``agg-rel-error`` (relative Frobenius gap of G to the oracle, which is that very stack) is
+checked in the same decomposition: ``||U_k S_k Vh_k - C|| / ||C||`` for the R x R core C
+(:meth:`~fedlora.lora.factored.CoreSVD.residual`), the SVD's round-off plus any dropped component,
+without a second decomposition of the out x 2R difference.
 
 Where G has fewer than r_k nonzero components (round 1, when G is the zero initial update, or a
 round in which only low-rank clients took part) the missing slots start like a fresh LoRA: B = 0
@@ -40,14 +44,15 @@ from fedlora.aggregation.base import (
     GlobalAdapter,
     check_rank,
     client_weights,
-    gap_to_oracle,
+    gap_metrics,
     mean_extras,
+    oracle_factors,
     section,
 )
 from fedlora.aggregation.registry import register
 from fedlora.aggregation.truncation import truncation_metrics
 from fedlora.aggregation.variants import folded_alpha
-from fedlora.lora.factored import Factors, empty, keep_count, split_svd, stack, svd
+from fedlora.lora.factored import CoreSVD, Factors, empty, keep_count
 from fedlora.lora.keys import LoraState, a_key, b_key, extra_keys, lora_modules, uniform_rank
 
 
@@ -117,14 +122,16 @@ class FlexLoRA(Aggregator):
             check_rank(self.name, u.spec, self._rank)
         new_G: dict[str, Factors] = {}
         new_S: dict[str, torch.Tensor] = {}
+        gaps: list[tuple[float, float]] = []
         for m in self._G:
-            parts = [Factors(B=u.spec.scaling * u.state[b_key(m)], A=u.state[a_key(m)]) for u in updates]
-            stacked = stack(parts, p)
-            u_, s, vh = svd(stacked)
-            t = split_svd(u_, s, vh, keep_count(s))  # drops numerically-zero components only
+            # the stack of p_k s_k B_k, A_k is the oracle itself, so the SVD's core also checks the gap
+            core = CoreSVD.of(oracle_factors(updates, p, m))
+            k = keep_count(core.s)  # drops numerically-zero components only
+            t = core.lift(k)
             new_G[m] = t.factors
-            new_S[m] = s[: t.factors.rank].clone()
-        metrics = gap_to_oracle(updates, p, new_G)
+            new_S[m] = core.s[:k].clone()
+            gaps.append(core.residual(k))  # ||G_m - oracle||, ||oracle|| from the same decomposition
+        metrics = gap_metrics(gaps)
         self._G, self._S = new_G, new_S
         self._extras = mean_extras(updates, p)
         metrics["global-rank"] = float(self.global_rank())

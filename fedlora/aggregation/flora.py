@@ -22,9 +22,10 @@ Metrics: ``agg-rel-error`` compares the round's increment (new G minus old G, co
 included) with the oracle. The stack of the round *is* the oracle, so the increment misses it by
 exactly what compression dropped, ``(G_new - G_old) - oracle = -(dropped)``, whose norm the SVD
 gives for free: the metric is ``||dropped|| / ||oracle||`` (0 without compression, and no
-extra decomposition; the tests check it against a dense computation). ``energy-kept`` is the
-smallest share of energy a module kept in this round's compression (1.0 without one);
-``global-rank`` is the largest module rank of G;
+extra decomposition: ``||oracle||`` comes from the compression's QR, ``CoreSVD.block_norm``; the
+tests check it against a dense computation); ``||G||`` for the bound comes from float64 Gram
+matrices. ``energy-kept`` is the smallest share of energy a module kept in this round's
+compression (1.0 without one); ``global-rank`` is the largest module rank of G;
 ``cum-rel-error-bound`` bounds ``||G - sum of all rounds' oracles|| / ||G||`` by the accumulated
 norm of everything compression ever dropped (triangle inequality), 0 while nothing was dropped.
 
@@ -153,7 +154,9 @@ class FLoRA(Aggregator):
             energy_kept = min(energy_kept, result.energy_kept)
             dropped[m] += result.discarded
             if result.discarded > 0:  # otherwise the increment is the oracle itself
-                norm = frobenius_norm(inc)
+                # ||inc|| from the compression's own QR (inc is the block after old's columns)
+                core = result.core
+                norm = core.block_norm(old.rank, old.rank + inc.rank) if core else frobenius_norm(inc)
                 gap_sq, oracle_sq = gap_sq + result.discarded**2, oracle_sq + norm**2
                 worst = max(worst, result.discarded / norm if norm > 0 else result.discarded)
         self._G, self._dropped = new_G, dropped

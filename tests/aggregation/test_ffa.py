@@ -31,7 +31,7 @@ def test_ffa_global_update_equals_dense_oracle_with_mixed_ranks():
         got = dense_global(agg)
         for m in MODULES:
             assert rel(got[m], dense_oracle(updates, m, shared[m])) <= 1e-5
-        assert metrics["agg-rel-error"] < 1e-12
+        assert metrics["agg-rel-error"] < 1e-7  # float64 Gram norms: exact up to sqrt(eps64) round-off
         p = weights(updates)
         expected_head = sum(pk * u.state[HEAD] for pk, u in zip(p, updates, strict=True))
         torch.testing.assert_close(agg.global_adapter().state[HEAD], expected_head)

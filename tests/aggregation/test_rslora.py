@@ -87,7 +87,7 @@ def test_exact_strategies_match_the_rslora_oracle_with_ranks_2_4_8(name):
             assert _rel(got, want) <= 1e-5
             # the plain-LoRA scaling alpha / r would be far off: the test tells the two apart
             assert _rel(oracle(updates, m, shared.get(m), rslora=False), want) > 0.1
-        assert metrics["agg-rel-error"] <= 1e-10
+        assert metrics["agg-rel-error"] <= 1e-7  # float64 Gram norms resolve gaps to ~sqrt(eps64)
 
 
 def test_folded_global_adapters_carry_alpha_sqrt_r_per_module():
