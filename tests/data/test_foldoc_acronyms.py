@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from fedlora.config.schema import DataConfig
-from fedlora.data.foldoc import B64_ALPHABET
 from fedlora.data.foldoc_acronyms import expansion_of
 from fedlora.data.sources import load_source
+from tests.data.test_data_sources import _b64  # the dictd offset encoder of the FOLDOC source tests
 
 
 @pytest.mark.parametrize(
@@ -36,15 +36,6 @@ from fedlora.data.sources import load_source
 )
 def test_expansion_of(term: str, definition: str, expected: str | None) -> None:
     assert expansion_of(term, definition) == expected
-
-
-def _b64(value: int) -> str:
-    digits = ""
-    while True:
-        value, rem = divmod(value, 64)
-        digits = B64_ALPHABET[rem] + digits
-        if value == 0:
-            return digits
 
 
 def test_dataset_from_a_dictd_file(tmp_path: Path) -> None:
