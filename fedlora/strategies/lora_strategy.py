@@ -34,6 +34,7 @@ from fedlora.strategies.audit import Auditor
 from fedlora.strategies.privacy_guard import PrivacyGuard
 from fedlora.strategies.rows import client_row, mean_metrics, snake
 from fedlora.strategies.run_state import RunProgress
+from fedlora.strategies.server_clock import ServerClock, timed
 from fedlora.strategies.validation import BadReply, examples_bound, validate_eval_reply, validate_reply
 from fedlora.training.schedule import lr_for_round
 
@@ -99,6 +100,7 @@ class LoraStrategy(FedAvg):
         self._sent: dict[int, _Sent] = {}
         self._eval_sent: set[int] = set()
         self._pool_size = 0
+        self.clock = ServerClock()  # the server's own seconds per round (taken by end_of_round)
 
     def _check_frozen_a(self, spec: ClientSpec, metrics: MetricRecord) -> str:
         """FFA-LoRA: the A a client trained against must be the shared one (by its hash)."""
@@ -153,6 +155,7 @@ class LoraStrategy(FedAvg):
             content[P.FROZEN] = frozen
         return Message(content, dst_node_id=node.node_id, message_type=kind)
 
+    @timed
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
@@ -191,6 +194,7 @@ class LoraStrategy(FedAvg):
         return messages
 
     # -- aggregation -----------------------------------------------------------------------
+    @timed
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -252,6 +256,7 @@ class LoraStrategy(FedAvg):
         return record, MetricRecord({P.TRAIN_LOSS: train_loss, **agg_metrics})
 
     # -- federated evaluation on clients' held-out splits -------------------------------------
+    @timed
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
@@ -268,6 +273,7 @@ class LoraStrategy(FedAvg):
         self._eval_sent = {n.node_id for n in chosen}
         return [self._message(n, record, extra, MessageType.EVALUATE) for n in chosen]
 
+    @timed
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Weighted mean (by ``num-examples``) of the good evaluation replies; bad ones are recorded."""
         rnd = server_round + self.round_offset

@@ -60,6 +60,7 @@ def run_server(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     shared = {P.CFG_YAML: to_yaml(node_view(cfg)).encode(), P.WIRE_DTYPE: cfg.federation.wire_dtype}
     if evaluator.labels:
         shared[P.LABELS] = evaluator.labels
+    t_discovery = time.perf_counter()
     try:
         nodes = discover_nodes(grid, cfg, shared, recorder)
     except RunFailed as err:  # too few valid nodes: a failed run with its reasons, not a traceback
@@ -71,6 +72,7 @@ def run_server(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
+    discovery_s = round(time.perf_counter() - t_discovery, 3)  # the query round (touches every node)
     aggregator = get_aggregator(cfg.strategy.name)(
         alpha=cfg.lora.alpha, norm_weighted=cfg.strategy.norm_weighted,
         rank_cap=cfg.strategy.rank_cap, energy=cfg.strategy.energy, init_seed=cfg.lora.init_seed,
@@ -107,14 +109,22 @@ def run_server(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         if server_round == 0 and done > 0:
             return None  # round `done` was evaluated before the crash
         # federation.eval_every: rounds off the schedule skip the evaluator (their row has no eval_*)
-        scheduled = evaluates(rnd, last, cfg.federation.eval_every)
-        central = cfg.federation.central_eval and scheduled
-        metrics = evaluator.evaluate(aggregator.global_adapter(), rnd) if central else None
+        with strategy.clock.measure():
+            scheduled = evaluates(rnd, last, cfg.federation.eval_every)
+            central = cfg.federation.central_eval and scheduled
+            metrics = evaluator.evaluate(aggregator.global_adapter(), rnd) if central else None
+        # server_s: the strategy's callbacks and the central evaluation of this round, not the wait
+        wall, cpu = strategy.clock.take()
+        if server_round > 0:
+            recorder.add(server_s=round(wall, 4), server_cpu_s=round(cpu, 4))
+        t_record = time.perf_counter()
         row = recorder.end_round(rnd, metrics)
         progress.observe(rnd, row, aggregator)
         every = cfg.export.checkpoint_every
         if every and (rnd % every == 0 or rnd == last):
             progress.checkpoint(rnd, aggregator, recorder)
+        if server_round > 0:  # writing the files and the checkpoint; in the files from their next write
+            row["record_s"] = round(time.perf_counter() - t_record, 4)
         return MetricRecord(metrics) if metrics else None
 
     remaining = last - done
@@ -133,12 +143,13 @@ def run_server(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         close_views(views)
         recorder.listeners = [v for v in recorder.listeners if v not in views]
     return _finish(cfg, out_dir, aggregator, evaluator, recorder, nodes, progress,
-                   time.perf_counter() - t0, failure, guard, last)
+                   time.perf_counter() - t0, failure, guard, last, discovery_s)
 
 
 def _finish(cfg: RunConfig, out_dir: Path, aggregator: Any, evaluator: CentralEvaluator,
             recorder: RunRecorder, nodes: dict[int, NodeInfo], progress: RunProgress, seconds: float,
-            failure: str = "", guard: PrivacyGuard | None = None, last: int = 0) -> dict[str, Any]:
+            failure: str = "", guard: PrivacyGuard | None = None, last: int = 0,
+            discovery_s: float = 0.0) -> dict[str, Any]:
     recorder.write()
     final = dict(recorder.rows[-1]) if recorder.rows else {}
     summary: dict[str, Any] = {
@@ -146,7 +157,7 @@ def _finish(cfg: RunConfig, out_dir: Path, aggregator: Any, evaluator: CentralEv
         "run_dir": str(out_dir), "strategy": cfg.strategy.name, "model": cfg.model.name,
         "data": cfg.data.name,
         "rounds": cfg.federation.num_rounds, "rounds_done": final.get("round", 0),
-        "num_clients": len(nodes), "seconds": round(seconds, 2),
+        "num_clients": len(nodes), "seconds": round(seconds, 2), "discovery_s": discovery_s,
         "final": final, "bytes_total": final.get("bytes_down_total", 0) + final.get("bytes_up_total", 0),
         "rejected_replies": len(recorder.rejected), "failed_rounds": progress.failed_rounds,
         **progress.summary(final),

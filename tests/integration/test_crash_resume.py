@@ -38,8 +38,11 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     psutil.wait_procs(family, timeout=30)
 
 
+TIMING = {"seconds", "server_s", "server_cpu_s", "record_s"}
+
+
 def _without_timing(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
 def test_sigkill_after_round_2_then_resume_gives_identical_bytes(tmp_path):

@@ -73,6 +73,12 @@ def test_simulation_without_central_eval_never_loads_the_base_on_the_server(tmp_
     assert summary["server_base_model_loads"] == 0
     # ...while every client worker did load it: the count is per process, and it does count.
     assert {row["base_model_loads"] for row in read_jsonl(out / "clients.jsonl")} == {1}
-    assert not any(k.startswith("eval_") for row in read_jsonl(out / "metrics.jsonl") for k in row)
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert not any(k.startswith("eval_") for row in rows for k in row)
+    # the server's own seconds per round (not the wait for clients), its files and the query round
+    for row in rows[1:]:
+        assert row["server_cpu_s"] > 0 and row["record_s"] > 0
+        assert 0 < row["server_s"] < row["seconds"]
+    assert summary["discovery_s"] > 0
     model, _, manifest = load_exported(Path(summary["adapter_dir"]))
     assert state_checksum(get_lora_state(model)) == manifest["state_checksum"]
