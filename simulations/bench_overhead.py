@@ -69,6 +69,7 @@ def run_plain(overrides: list[str], fed_dir: Path) -> None:
     from fedlora.config import compose
     from fedlora.data import label_names, load_client_data, make_collator, tokenize_dataset
     from fedlora.models.sources import resolve_model
+    from fedlora.models.targets import resolve_target_modules
 
     cfg = compose(overrides)
     rows = [r for line in (fed_dir / "clients.jsonl").read_text().splitlines()
@@ -85,7 +86,7 @@ def run_plain(overrides: list[str], fed_dir: Path) -> None:
     model = get_peft_model(base, LoraConfig(
         task_type=TaskType.SEQ_CLS if classification else TaskType.CAUSAL_LM, r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-        target_modules=list(cfg.lora.target_modules)))
+        target_modules=resolve_target_modules(base, cfg.lora)))  # lora.targets presets as in a run
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
     collate = make_collator(tok, cfg.model.task)
     model.train()
@@ -110,7 +111,17 @@ def run_plain(overrides: list[str], fed_dir: Path) -> None:
     print(f"plain loop: {steps} steps over {len(rows)} client updates")
 
 
+USAGE = """usage: python -m simulations.bench_overhead [HYDRA_OVERRIDE ...]
+
+Runs the federated simulation with the overrides, then a plain PEFT + transformers loop doing the
+same local steps on the same data, and prints wall time and peak RSS of both side by side
+(outputs/bench-overhead/<time>/overhead.json). Example: federation.num_rounds=3 train.local_steps=10"""
+
+
 def main(argv: list[str]) -> None:
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return None
     if argv[:1] == ["--federated"]:
         return run_federated(argv[2:], Path(argv[1]))
     if argv[:1] == ["--plain"]:
