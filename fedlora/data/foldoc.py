@@ -19,6 +19,7 @@ import gzip
 import logging
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
@@ -183,14 +184,18 @@ def parse_entry(body: str) -> tuple[str, str, str] | None:
     return term, subject, clean_text(text)
 
 
-def foldoc_pairs(index_path: Path, dict_path: Path) -> dict[str, list[str]]:
-    """Build the prompt/response/subject columns from a dictd index + dictionary.
+def foldoc_entries(index_path: Path, dict_path: Path) -> Iterator[tuple[str, str, str]]:
+    """Every parsed ``(term, subject, definition)`` of a dictd index + dictionary, in index order.
 
-    Entries sharing the same (offset, length) are read once. Kept: responses of at least
-    :data:`MIN_RESPONSE_CHARS` characters that do not start with ``[`` (citation-only entries).
+    Entries sharing the same (offset, length) (aliases) are read once; entries without a term or
+    definition are skipped.
+
+    Raises
+    ------
+    ValueError
+        An index entry points past the end of the dictionary (a truncated or mismatched file).
     """
     raw = read_dict_bytes(dict_path)
-    columns: dict[str, list[str]] = {"prompt": [], "response": [], "subject": []}
     seen: set[tuple[int, int]] = set()
     for headword, offset, length in read_index(index_path):
         if (offset, length) in seen:
@@ -202,9 +207,18 @@ def foldoc_pairs(index_path: Path, dict_path: Path) -> dict[str, list[str]]:
                 f"(offset {offset} + length {length} > {len(raw)} bytes)"
             )
         parsed = parse_entry(raw[offset : offset + length].decode("utf-8", errors="replace"))
-        if parsed is None:
-            continue
-        term, subject, definition = parsed
+        if parsed is not None:
+            yield parsed
+
+
+def foldoc_pairs(index_path: Path, dict_path: Path) -> dict[str, list[str]]:
+    """Build the prompt/response/subject columns from a dictd index + dictionary.
+
+    Kept: responses of at least :data:`MIN_RESPONSE_CHARS` characters that do not start with ``[``
+    (citation-only entries).
+    """
+    columns: dict[str, list[str]] = {"prompt": [], "response": [], "subject": []}
+    for term, subject, definition in foldoc_entries(index_path, dict_path):
         if len(definition) < MIN_RESPONSE_CHARS or definition.startswith("["):
             continue
         columns["prompt"].append(f'What is "{term}" in computing?')

@@ -26,7 +26,7 @@ from pathlib import Path
 import datasets
 
 from fedlora.config.schema import DataConfig
-from fedlora.data.foldoc import find_foldoc_files, parse_entry, read_dict_bytes, read_index
+from fedlora.data.foldoc import find_foldoc_files, foldoc_entries
 
 logger = logging.getLogger(__name__)
 
@@ -54,19 +54,10 @@ def expansion_of(term: str, definition: str) -> str | None:
 
 
 def acronym_pairs(index_path: Path, dict_path: Path) -> dict[str, list[str]]:
-    """Build prompt/response/subject columns of every acronym entry, each entry read once."""
-    raw = read_dict_bytes(dict_path)
+    """Build prompt/response/subject columns of every acronym entry, each entry and term once."""
     columns: dict[str, list[str]] = {"prompt": [], "response": [], "subject": []}
-    seen_entries: set[tuple[int, int]] = set()
     seen_terms: set[str] = set()
-    for _, offset, length in read_index(index_path):
-        if (offset, length) in seen_entries:
-            continue
-        seen_entries.add((offset, length))
-        parsed = parse_entry(raw[offset : offset + length].decode("utf-8", errors="replace"))
-        if parsed is None:
-            continue
-        term, subject, definition = parsed
+    for term, subject, definition in foldoc_entries(index_path, dict_path):
         expansion = expansion_of(term, definition)
         if expansion is None or term in seen_terms:
             continue
