@@ -30,6 +30,7 @@ import json
 import math
 import os
 import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -38,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from simulations.loopback import stop_process
 
 ROWS_PER_CLIENT = 8
 TEST_ROWS = 60
@@ -174,14 +177,6 @@ def engine_scan(n: int) -> dict[str, float]:
 
 
 # -- the parent: runs, timeouts, figures -----------------------------------------------------
-def _kill_tree(pid: int) -> None:
-    with contextlib.suppress(psutil.Error):
-        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-        for p in procs:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-
-
 def run_one(regime: str, n: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     run_dir = out / f"{regime}-{n}"
     data = out / f"rows-{n}.jsonl"
@@ -191,12 +186,12 @@ def run_one(regime: str, n: int, args: argparse.Namespace, out: Path) -> dict[st
            *overrides_for(regime, n, args, data)]
     t0 = time.perf_counter()
     with open(out / f"{regime}-{n}.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        # its own session, so that a timeout stops the run with its Ray processes (stop_process)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             code = proc.wait(timeout=args.timeout)
         except subprocess.TimeoutExpired:
-            _kill_tree(proc.pid)
-            proc.wait()
+            stop_process(proc, signal.SIGKILL, grace_s=0)
             code = "timeout"
     wall = time.perf_counter() - t0
     result: dict[str, Any] = {"regime": regime, "clients": n, "participants": participants(regime, n, args),
