@@ -4,11 +4,15 @@
     python -m simulations.bench_overhead preset=smoke       # any Hydra overrides
 
 The parent runs each side in its own subprocess (so neither inherits the other's memory) and
-samples the resident memory of the child's whole process tree (Ray workers included) every
-0.2 s. The plain side then replays exactly the steps the federation did: for each accepted client
-update in ``clients.jsonl`` it trains that many optimizer steps on that client's training split
-with the same batch size and learning rate, in one process, with no Flower, Ray, serialization or
-aggregation. The figure printed is what federation costs on top of the training itself.
+samples the memory of the child's whole process tree (Ray workers included) every 0.2 s: the sum
+of resident set sizes (RSS, which counts a page shared by several processes once in each) and the
+sum of proportional set sizes (PSS, which splits a shared page between the processes mapping it,
+so the tree's PSS is the physical memory it holds; fedlora maps CPU base weights shared, see
+``model.share_weights``). The plain side then replays exactly the steps the federation did: for
+each accepted client update in ``clients.jsonl`` it trains that many optimizer steps on that
+client's training split with the same batch size and learning rate, in one process, with no
+Flower, Ray, serialization or aggregation. The figure printed is what federation costs on top of
+the training itself.
 """
 
 from __future__ import annotations
@@ -24,24 +28,28 @@ from pathlib import Path
 import psutil
 
 
-def _tree_rss(proc: psutil.Process) -> int:
-    total = 0
+def _tree_memory(proc: psutil.Process) -> tuple[int, int]:
+    """(sum of RSS, sum of PSS) over ``proc`` and its descendants, in bytes."""
+    rss = pss = 0
     for p in [proc, *proc.children(recursive=True)]:
         with contextlib.suppress(psutil.Error):
-            total += p.memory_info().rss
-    return total
+            info = p.memory_full_info()
+            rss += info.rss
+            pss += getattr(info, "pss", info.rss)  # PSS is Linux-only; elsewhere RSS stands in
+    return rss, pss
 
 
-def measure(cmd: list[str]) -> tuple[float, int, int]:
-    """Run ``cmd``; return (wall seconds, peak tree RSS bytes, exit code)."""
+def measure(cmd: list[str]) -> tuple[float, int, int, int]:
+    """Run ``cmd``; return (wall seconds, peak tree RSS bytes, peak tree PSS bytes, exit code)."""
     t0 = time.perf_counter()
     child = subprocess.Popen(cmd)
-    proc, peak, done = psutil.Process(child.pid), 0, threading.Event()
+    proc, done = psutil.Process(child.pid), threading.Event()
+    peak = [0, 0]
 
     def sample() -> None:
-        nonlocal peak
         while not done.is_set():
-            peak = max(peak, _tree_rss(proc))
+            rss, pss = _tree_memory(proc)
+            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
             time.sleep(0.2)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -49,7 +57,7 @@ def measure(cmd: list[str]) -> tuple[float, int, int]:
     code = child.wait()
     done.set()
     thread.join()
-    return time.perf_counter() - t0, peak, code
+    return time.perf_counter() - t0, peak[0], peak[1], code
 
 
 def run_federated(overrides: list[str], out_dir: Path) -> None:
@@ -114,7 +122,7 @@ def run_plain(overrides: list[str], fed_dir: Path) -> None:
 USAGE = """usage: python -m simulations.bench_overhead [HYDRA_OVERRIDE ...]
 
 Runs the federated simulation with the overrides, then a plain PEFT + transformers loop doing the
-same local steps on the same data, and prints wall time and peak RSS of both side by side
+same local steps on the same data, and prints wall time, peak RSS and peak PSS of both side by side
 (outputs/bench-overhead/<time>/overhead.json). Example: federation.num_rounds=3 train.local_steps=10"""
 
 
@@ -129,10 +137,10 @@ def main(argv: list[str]) -> None:
     out = Path("outputs") / "bench-overhead" / time.strftime("%Y%m%d-%H%M%S")
     fed_dir = out / "federated"
     py = [sys.executable, "-m", "simulations.bench_overhead"]
-    fed_s, fed_rss, code = measure([*py, "--federated", str(fed_dir), *argv])
+    fed_s, fed_rss, fed_pss, code = measure([*py, "--federated", str(fed_dir), *argv])
     if code:
         raise SystemExit(f"federated run failed with exit code {code}")
-    plain_s, plain_rss, code = measure([*py, "--plain", str(fed_dir), *argv])
+    plain_s, plain_rss, plain_pss, code = measure([*py, "--plain", str(fed_dir), *argv])
     if code:
         raise SystemExit(f"plain run failed with exit code {code}")
     client_lines = (fed_dir / "clients.jsonl").read_text().splitlines()
@@ -142,14 +150,16 @@ def main(argv: list[str]) -> None:
         "federated_s": round(fed_s, 1), "plain_s": round(plain_s, 1), "time_ratio": round(fed_s / plain_s, 2),
         "federated_peak_rss_gb": round(fed_rss / 2**30, 2), "plain_peak_rss_gb": round(plain_rss / 2**30, 2),
         "memory_ratio": round(fed_rss / plain_rss, 2),
+        "federated_peak_pss_gb": round(fed_pss / 2**30, 2), "plain_peak_pss_gb": round(plain_pss / 2**30, 2),
+        "pss_ratio": round(fed_pss / plain_pss, 2),
     }
     (out / "overhead.json").write_text(json.dumps(result, indent=2))
-    print("\n| side | wall s | peak RSS GB (process tree) |\n|---|---|---|")
+    print("\n| side | wall s | peak RSS GB (process tree) | peak PSS GB (process tree) |\n|---|---|---|---|")
     print(f"| federated ({steps} local steps) | {result['federated_s']} "
-          f"| {result['federated_peak_rss_gb']} |")
+          f"| {result['federated_peak_rss_gb']} | {result['federated_peak_pss_gb']} |")
     print(f"| plain PEFT loop (same steps, same data) | {result['plain_s']} "
-          f"| {result['plain_peak_rss_gb']} |")
-    print(f"| ratio | {result['time_ratio']}x | {result['memory_ratio']}x |")
+          f"| {result['plain_peak_rss_gb']} | {result['plain_peak_pss_gb']} |")
+    print(f"| ratio | {result['time_ratio']}x | {result['memory_ratio']}x | {result['pss_ratio']}x |")
     print(f"\nwritten to {out / 'overhead.json'}")
 
 

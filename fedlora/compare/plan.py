@@ -36,7 +36,7 @@ METRICS = {"classification": ("eval_accuracy", "eval_macro_f1", "eval_loss"),
 # Fields that change how a run executes or what it writes, not its numbers: not in the fingerprint.
 _EXECUTION_ONLY = {"output_dir": None, "resume": None, "export": None, "progress": None, "tensorboard": None,
                    "federation": ("ray_num_cpus", "client_num_cpus", "client_num_gpus", "round_timeout_s"),
-                   "train": ("log_every",)}
+                   "train": ("log_every",), "model": ("share_weights",)}
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from transformers import (
 from fedlora.config.schema import TASKS, LoraConfig, ModelConfig
 from fedlora.models.device import quantization_kwargs, select_device, select_dtype
 from fedlora.models.quantized import load_nf4
+from fedlora.models.shared_weights import share_weights
 from fedlora.models.sources import resolve_model
 
 if TYPE_CHECKING:
@@ -58,7 +59,8 @@ _loads = 0
 
 def _model_key(cfg: ModelConfig) -> tuple:
     # Only the fields that change the loaded weights; name/max_length do not.
-    return (cfg.source, cfg.task, cfg.dtype, cfg.device, cfg.quantization, cfg.trust_remote_code)
+    return (cfg.source, cfg.task, cfg.dtype, cfg.device, cfg.quantization, cfg.trust_remote_code,
+            cfg.share_weights)
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
@@ -143,6 +145,8 @@ def _load(cfg: ModelConfig, num_labels: int | None) -> PreTrainedModel:
         model.config.pad_token_id = tok.pad_token_id  # decoder seq-cls heads find the last token by it
     if cfg.quantization == "none":
         model.to(device)
+        if cfg.share_weights and device.type == "cpu":
+            origin = share_weights(model, resolved, cfg, num_labels, dtype)
     model.eval()
     with _lock:
         _loads += 1

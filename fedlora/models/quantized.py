@@ -41,14 +41,14 @@ KEY_VERSION = 1
 """Bumped when the layout of a saved copy changes, to orphan copies written by older code."""
 
 
-def _version(dist: str) -> str | None:
+def package_version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
 
 
-def _fingerprint(path: Path) -> list[tuple[str, int, int]]:
+def source_fingerprint(path: Path) -> list[tuple[str, int, int]]:
     """Name, size and mtime of the source's top-level files: a model rewritten in place gets a new key.
 
     Hashing the contents would cost as much as the quantization it saves on a multi-GB model.
@@ -96,15 +96,15 @@ def nf4_key(resolved: ResolvedModel, cfg: ModelConfig, num_labels: int | None, d
         "version": KEY_VERSION,
         "path": resolved.path,
         "description": resolved.description,
-        "files": _fingerprint(Path(resolved.path)),
+        "files": source_fingerprint(Path(resolved.path)),
         "task": cfg.task,
         "num_labels": num_labels if cfg.task == "classification" else None,
         "trust_remote_code": cfg.trust_remote_code,
         "device": device.type,
         "dtype": str(dtype),
         "bnb": quant_kwargs["quantization_config"].to_dict(),
-        "transformers": _version("transformers"),
-        "bitsandbytes": _version("bitsandbytes"),
+        "transformers": package_version("transformers"),
+        "bitsandbytes": package_version("bitsandbytes"),
         "torch": torch.__version__,
     }
     blob = json.dumps(parts, sort_keys=True, default=str)
@@ -189,7 +189,8 @@ def load_nf4(resolved: ResolvedModel, cfg: ModelConfig, num_labels: int | None, 
         model.save_pretrained(str(out))
         provenance = {"source": resolved.path, "description": resolved.description, "task": cfg.task,
                       "num_labels": num_labels, "device": device.type, "dtype": str(dtype),
-                      "transformers": _version("transformers"), "bitsandbytes": _version("bitsandbytes")}
+                      "transformers": package_version("transformers"),
+                      "bitsandbytes": package_version("bitsandbytes")}
         (out / "fedlora_quantized.json").write_text(json.dumps(provenance, indent=2) + "\n")
         built.append(model)
 

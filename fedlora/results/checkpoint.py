@@ -38,7 +38,7 @@ FORMAT = 2
 RESUMABLE_KEYS = (
     "federation.num_rounds", "federation.round_timeout_s", "federation.ray_num_cpus",
     "federation.client_num_cpus", "federation.client_num_gpus", "federation.max_failed_rounds",
-    "train.log_every", "model.device", "output_dir", "resume", "overwrite", "faults",
+    "train.log_every", "model.device", "model.share_weights", "output_dir", "resume", "overwrite", "faults",
     "progress", "tensorboard",
 )
 RESUMABLE_PREFIXES = ("export.",)

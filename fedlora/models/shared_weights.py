@@ -1,0 +1,187 @@
+"""One physical copy of a CPU base model's weights per machine, however many processes use it.
+
+A simulation runs its clients in several Ray worker processes and evaluates in the server process;
+a node runs a resident worker beside other jobs. Each ``from_pretrained`` gives its process a
+private (anonymous) copy of every weight, so a machine held one copy per process. The base weights
+are frozen under LoRA, so they can be read from one file instead: the first process to load a
+model saves its tensors, exactly as loaded (dtype, freshly initialised head and all), to
+``<cache>/shared/<key>/weights.safetensors``; every process then swaps each parameter's data for a
+memory-mapped view of that file. The kernel keeps one copy of those pages in its page cache and
+maps it into every process (resident memory counts it in each, proportional set size splits it).
+
+Why this is safe:
+
+* The mapping is private copy-on-write (safetensors' mmap backend): a process that writes to a
+  weight (a trained classification head, a user's own code) gets its own copy of those pages;
+  the file and the other processes never change.
+* Before swapping, every mapped tensor is compared with the one just loaded (``torch.equal``):
+  a copy that differs (another library version, a nondeterministic head) is never used; the
+  process keeps its own weights and logs why. Results are therefore bit-identical with and
+  without sharing.
+* The copy is written into a temp dir and renamed under a lock (:func:`materialise`), so no
+  process maps a half-written file; a damaged one is rebuilt.
+
+Only CPU weights are shared (``model.share_weights``, default true): on a GPU the weights live in
+device memory, where one worker per GPU (``federation.client_num_gpus=1``) is the way to hold one
+copy. 4-bit models are left alone (their packed weights and quantization state are not plain
+tensors).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel
+
+from fedlora.config.schema import ModelConfig
+from fedlora.models.quantized import package_version, source_fingerprint
+from fedlora.models.sources import ResolvedModel, cache_dir, materialise
+
+logger = logging.getLogger(__name__)
+
+KEY_VERSION = 1
+"""Bumped when the layout of a shared copy changes, to orphan copies written by older code."""
+
+WEIGHTS = "weights.safetensors"
+
+
+def shared_key(resolved: ResolvedModel, cfg: ModelConfig, num_labels: int | None, dtype: torch.dtype) -> str:
+    """A short hash of everything that changes the loaded weights (16 hex digits)."""
+    parts = {
+        "version": KEY_VERSION,
+        "path": resolved.path,
+        "description": resolved.description,
+        "files": source_fingerprint(Path(resolved.path)),
+        "task": cfg.task,
+        "num_labels": num_labels if cfg.task == "classification" else None,
+        "trust_remote_code": cfg.trust_remote_code,
+        "dtype": str(dtype),
+        "transformers": package_version("transformers"),
+        "torch": torch.__version__,
+    }
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _tensors(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """Every distinct parameter and buffer by its first name (tied weights once)."""
+    named = dict(model.named_parameters(remove_duplicate=True))
+    for name, buf in model.named_buffers(remove_duplicate=True):
+        named.setdefault(name, buf)
+    return named
+
+
+def _is_complete(path: Path) -> bool:
+    return (path / WEIGHTS).is_file()
+
+
+def _save(tensors: dict[str, torch.Tensor], out: Path, description: str) -> None:
+    seen: set[int] = set()
+    plain: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        t = t.detach()
+        ptr = t.untyped_storage().data_ptr()
+        # safetensors refuses two entries over one storage (views, aliases): those get their own copy.
+        plain[name] = t.clone() if ptr in seen or not t.is_contiguous() else t
+        seen.add(ptr)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(plain, str(out / WEIGHTS), metadata={"source": description})
+
+
+def _mismatch(mine: dict[str, torch.Tensor], mapped: dict[str, torch.Tensor]) -> str | None:
+    """Why the mapped copy cannot stand in for the loaded weights, or ``None`` if it can."""
+    if set(mine) != set(mapped):
+        return f"its tensor names differ ({len(set(mine) ^ set(mapped))} not in both)"
+    for name, t in mine.items():
+        m = mapped[name]
+        if m.dtype != t.dtype or m.shape != t.shape:
+            return f"{name} is {m.dtype} {tuple(m.shape)} there, {t.dtype} {tuple(t.shape)} here"
+        if not torch.equal(m, t.detach()):
+            return f"{name} has other values"
+    return None
+
+
+def _release_freed_memory() -> None:
+    """Hand the private copies' freed pages back to the OS (glibc keeps small freed blocks)."""
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        trim = getattr(libc, "malloc_trim", None)
+        if trim is not None:
+            trim(0)
+    except OSError:
+        pass
+
+
+def share_weights(model: PreTrainedModel, resolved: ResolvedModel, cfg: ModelConfig,
+                  num_labels: int | None, dtype: torch.dtype) -> str:
+    """Swap a freshly loaded CPU model's tensors for memory-mapped views of its shared copy.
+
+    Parameters
+    ----------
+    model
+        Just loaded with ``from_pretrained`` (under the load seed), on the CPU, not quantized.
+    resolved, cfg, num_labels, dtype
+        What was loaded: together they name the shared copy (:func:`shared_key`).
+
+    Returns
+    -------
+    str
+        For the load log line: where the weights now live, or why the process kept its own copy.
+    """
+    mine = _tensors(model)
+    if any(t.device.type != "cpu" for t in mine.values()):
+        return "weights not shared (not all on the CPU)"
+    parent = cache_dir() / "shared"
+    key = shared_key(resolved, cfg, num_labels, dtype)
+    try:
+        path = materialise(parent, key, lambda out: _save(mine, out, resolved.description),
+                           f"shared CPU copy of {resolved.description}", complete=_is_complete)
+        mapped = load_file(str(path / WEIGHTS))
+    except (OSError, SafetensorError) as exc:
+        logger.warning("could not share the base weights through %s (%s: %s); this process keeps its "
+                       "own copy", parent / key, type(exc).__name__, exc)
+        return "weights not shared (cache unusable)"
+    problem = _mismatch(mine, mapped)
+    if problem is not None:
+        logger.warning("shared copy %s does not match the weights just loaded (%s); this process keeps its "
+                       "own copy (delete that directory to rebuild it)", path, problem)
+        return "weights not shared (copy differs)"
+    with torch.no_grad():
+        for name, t in mine.items():
+            t.data = mapped[name]
+    _release_freed_memory()  # the private copies were freed as each .data was replaced
+    return f"weights mapped from {path}"
+
+
+def is_shared(t: torch.Tensor, path: Path) -> bool:
+    """Whether ``t``'s bytes lie inside a memory mapping of ``path`` (Linux ``/proc/self/maps``).
+
+    For tests and diagnostics: a weight that was written to since (copy-on-write) still reads as
+    mapped, since the mapping's address range is unchanged.
+    """
+    target = str(path.resolve())
+    ptr = t.untyped_storage().data_ptr()
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 6 and fields[5] == target:
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            if lo <= ptr < hi:
+                return True
+    return False

@@ -1,0 +1,158 @@
+"""CPU base weights memory-mapped from one shared copy (``model.share_weights``).
+
+What must hold: the mapped model is the loaded model (same names, dtypes and values, ties kept),
+its weights really live in the shared file, a process that writes to a weight changes neither the
+file nor another process's model, a copy that differs is never used, and training gives the same
+LoRA state with and without sharing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from fedlora.config.schema import LoraConfig, ModelConfig, TrainConfig
+from fedlora.lora.state import get_lora_state
+from fedlora.models.build import build_lora_model, clear_caches, load_base_model, load_tokenizer
+from fedlora.models.shared_weights import WEIGHTS, is_shared
+from fedlora.models.sources import cache_dir
+from fedlora.training.local import train_local
+
+BERT = ModelConfig(name="tiny-bert", source="tiny:bert", task="classification", device="cpu")
+LLAMA = ModelConfig(name="tiny-llama", source="tiny:llama", task="causal_lm", device="cpu")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    named = dict(model.named_parameters(remove_duplicate=True))
+    named.update({n: b for n, b in model.named_buffers(remove_duplicate=True) if n not in named})
+    return named
+
+
+def _copies() -> list[Path]:
+    return sorted((cache_dir() / "shared").glob(f"*/{WEIGHTS}"))
+
+
+def _copy_of(model: torch.nn.Module) -> Path:
+    """The shared copy whose mapping holds the model's first parameter."""
+    first = next(model.parameters())
+    [copy] = [c for c in _copies() if is_shared(first, c)]
+    return copy
+
+
+def _load(cfg: ModelConfig, num_labels: int | None) -> dict[str, torch.Tensor]:
+    clear_caches()
+    model = load_base_model(cfg, num_labels)
+    return {n: t.detach().clone() for n, t in _tensors(model).items()}
+
+
+@pytest.mark.parametrize(("cfg", "num_labels"), [(BERT, 3), (LLAMA, None)])
+def test_shared_model_equals_private_load_and_maps_the_file(cfg: ModelConfig, num_labels: int | None) -> None:
+    before = set(_copies())
+    private = _load(dataclasses.replace(cfg, share_weights=False), num_labels)
+    assert set(_copies()) == before  # share_weights=false writes nothing
+    clear_caches()
+    model = load_base_model(cfg, num_labels)
+    copy = _copy_of(model)
+    shared = _tensors(model)
+    assert shared.keys() == private.keys()
+    for name, t in shared.items():
+        assert t.dtype == private[name].dtype and torch.equal(t, private[name]), name
+        assert is_shared(t, copy), f"{name} is not a view of {copy}"
+    # The file holds exactly those tensors (what another process will map).
+    on_disk = load_file(str(copy))
+    assert on_disk.keys() == private.keys()
+
+
+def test_tied_weights_stay_tied() -> None:
+    clear_caches()
+    model = load_base_model(dataclasses.replace(LLAMA, share_weights=False))
+    tied = model.get_input_embeddings().weight is model.get_output_embeddings().weight
+    clear_caches()
+    model = load_base_model(LLAMA)
+    assert (model.get_input_embeddings().weight is model.get_output_embeddings().weight) == tied
+    if tied:
+        inp, out = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+        assert inp.data_ptr() == out.data_ptr()
+
+
+def test_writing_a_weight_changes_neither_the_file_nor_a_later_load() -> None:
+    clear_caches()
+    model = load_base_model(BERT, 3)
+    copy = _copy_of(model)
+    name, param = next(iter(model.named_parameters()))
+    before = param.detach().clone()
+    with torch.no_grad():
+        param.add_(1.0)  # copy-on-write: this process's pages only
+    assert torch.equal(load_file(str(copy))[name], before)
+    clear_caches()
+    fresh = load_base_model(BERT, 3)
+    assert torch.equal(dict(fresh.named_parameters())[name], before)
+
+
+def test_a_copy_with_other_values_is_never_used(caplog: pytest.LogCaptureFixture) -> None:
+    private = _load(dataclasses.replace(BERT, share_weights=False), 3)
+    clear_caches()
+    copy = _copy_of(load_base_model(BERT, 3))
+    tampered = load_file(str(copy))
+    first = next(k for k, v in tampered.items() if v.is_floating_point())
+    tampered[first] = tampered[first] + 1.0
+    save_file({k: v.contiguous() for k, v in tampered.items()}, str(copy))
+    try:
+        clear_caches()
+        with caplog.at_level("WARNING"):
+            model = load_base_model(BERT, 3)
+        assert "does not match the weights just loaded" in caplog.text and first in caplog.text
+        for name, t in _tensors(model).items():
+            assert torch.equal(t, private[name]), name
+            assert not is_shared(t, copy)
+    finally:
+        clear_caches()
+        shutil.rmtree(copy.parent)  # the next load rebuilds a good copy
+
+
+def test_training_is_identical_with_and_without_sharing(collate) -> None:
+    lora = LoraConfig(r=4, alpha=8.0, dropout=0.0, target_modules=["query", "value"], train_head=True)
+
+    def run(cfg: ModelConfig) -> dict[str, torch.Tensor]:
+        clear_caches()
+        model = build_lora_model(cfg, lora, num_labels=3)
+        tok = load_tokenizer(cfg)
+        texts = ["the cat likes a red ball today.", "a dog sees the blue sky again!", "my friend reads."]
+        data = [{"input_ids": ids, "labels": i % 3} for i, ids in enumerate(tok(texts * 2)["input_ids"])]
+        train_local(model, data, collate, TrainConfig(local_steps=3, batch_size=2), lr=1e-2, seed=0)
+        return {k: v.clone() for k, v in get_lora_state(model).items()}
+
+    private = run(dataclasses.replace(BERT, share_weights=False))
+    shared = run(BERT)
+    assert private.keys() == shared.keys() and private
+    for k in private:
+        assert torch.equal(private[k], shared[k]), k
+
+
+def test_two_processes_map_one_copy(tmp_path: Path) -> None:
+    """A second process finds the first one's copy and maps it instead of writing another."""
+    clear_caches()
+    copy = _copy_of(load_base_model(BERT, 3))
+    copies, stamp = _copies(), copy.stat().st_mtime_ns
+    code = (
+        "import json; from fedlora.config.schema import ModelConfig\n"
+        "from fedlora.models.build import load_base_model\n"
+        "from fedlora.models.shared_weights import is_shared\n"
+        "from pathlib import Path; import sys\n"
+        "cfg = ModelConfig(name='b', source='tiny:bert', task='classification', device='cpu')\n"
+        "m = load_base_model(cfg, 3)\n"
+        "print(json.dumps(all(is_shared(p, Path(sys.argv[1])) for p in m.parameters())))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(copy)], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) is True
+    assert _copies() == copies and copy.stat().st_mtime_ns == stamp
