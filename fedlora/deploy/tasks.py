@@ -15,6 +15,7 @@ from fedlora import protocol as P
 from fedlora.deploy.messages import ClientTask, TaskReply
 from fedlora.logs import setup_logging
 from fedlora.lora.wire import state_from_numpy, state_to_numpy
+from fedlora.memory import release_freed_memory
 from fedlora.training.client_task import (
     RoundPlan,
     config_from_yaml,
@@ -41,11 +42,21 @@ def _patterns(config: dict[str, Any]) -> tuple[dict[str, int] | None, dict[str, 
 def run_task(task: ClientTask) -> TaskReply:
     """Answer ``task`` as this node (its node config decides its data, device and rank).
 
+    The process that answers keeps serving (a Ray worker, a node's worker), so the heap pages the
+    task freed go back to the OS before it waits for the next one (:mod:`fedlora.memory`).
+
     Raises
     ------
     ValueError
         For an unknown task kind, a missing config record, or a node config that does not fit the run.
     """
+    try:
+        return _run(task)
+    finally:
+        release_freed_memory()
+
+
+def _run(task: ClientTask) -> TaskReply:
     setup_logging()
     if task.kind not in KINDS:
         raise ValueError(f"unknown task kind {task.kind!r}; expected one of {list(KINDS)}")

@@ -1,13 +1,20 @@
 """One physical copy of a CPU base model's weights per machine, however many processes use it.
 
 A simulation runs its clients in several Ray worker processes and evaluates in the server process;
-a node runs a resident worker beside other jobs. Each ``from_pretrained`` gives its process a
-private (anonymous) copy of every weight, so a machine held one copy per process. The base weights
-are frozen under LoRA, so they can be read from one file instead: the first process to load a
-model saves its tensors, exactly as loaded (dtype, freshly initialised head and all), to
-``<cache>/shared/<key>/weights.safetensors``; every process then swaps each parameter's data for a
-memory-mapped view of that file. The kernel keeps one copy of those pages in its page cache and
-maps it into every process (resident memory counts it in each, proportional set size splits it).
+a node runs a resident worker beside other jobs. When a checkpoint's safetensors are stored in the
+dtype the model computes in, transformers (5.x) already maps them from the file, and the kernel
+keeps one copy of those pages for every process that maps them. But whenever the load converts
+(a bfloat16 checkpoint computed in float32 on the CPU, the usual case for published LLMs; float32
+weights computed in bfloat16; pickled ``.bin`` checkpoints), each process gets a private
+(anonymous) copy of every weight: a machine held one copy per process.
+
+The base weights are frozen under LoRA, so they can be read from one file instead. When at least
+:data:`MIN_PRIVATE_SHARE` of a loaded model's bytes are private, the first process to load it
+saves its tensors, exactly as loaded (dtype, freshly initialised head and all), to
+``<cache>/shared/<key>/weights.safetensors``; every process then swaps each tensor's data for a
+memory-mapped view of that file (resident memory counts the shared pages in each process,
+proportional set size splits them). A model that is already mapped from its checkpoint is left
+as it is and costs no copy on disk.
 
 Why this is safe:
 
@@ -29,12 +36,11 @@ tensors).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import gc
+import bisect
 import hashlib
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -43,6 +49,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
 from fedlora.config.schema import ModelConfig
+from fedlora.memory import release_freed_memory
 from fedlora.models.quantized import package_version, source_fingerprint
 from fedlora.models.sources import ResolvedModel, cache_dir, materialise
 
@@ -52,6 +59,10 @@ KEY_VERSION = 1
 """Bumped when the layout of a shared copy changes, to orphan copies written by older code."""
 
 WEIGHTS = "weights.safetensors"
+
+MIN_PRIVATE_SHARE = 0.1
+"""Share a model only when at least this fraction of its bytes is private to the process: a model
+mapped from its checkpoint but for a fresh classification head is not worth a copy on disk."""
 
 
 def shared_key(resolved: ResolvedModel, cfg: ModelConfig, num_labels: int | None, dtype: torch.dtype) -> str:
@@ -110,21 +121,6 @@ def _mismatch(mine: dict[str, torch.Tensor], mapped: dict[str, torch.Tensor]) ->
     return None
 
 
-def _release_freed_memory() -> None:
-    """Hand the private copies' freed pages back to the OS (glibc keeps small freed blocks)."""
-    gc.collect()
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    try:
-        libc = ctypes.CDLL(name)
-        trim = getattr(libc, "malloc_trim", None)
-        if trim is not None:
-            trim(0)
-    except OSError:
-        pass
-
-
 def share_weights(model: PreTrainedModel, resolved: ResolvedModel, cfg: ModelConfig,
                   num_labels: int | None, dtype: torch.dtype) -> str:
     """Swap a freshly loaded CPU model's tensors for memory-mapped views of its shared copy.
@@ -144,6 +140,10 @@ def share_weights(model: PreTrainedModel, resolved: ResolvedModel, cfg: ModelCon
     mine = _tensors(model)
     if any(t.device.type != "cpu" for t in mine.values()):
         return "weights not shared (not all on the CPU)"
+    total = sum(_nbytes(t) for t in mine.values())
+    private = total - file_backed_bytes(mine.values())
+    if private < MIN_PRIVATE_SHARE * total:
+        return "weights mapped from the checkpoint"
     parent = cache_dir() / "shared"
     key = shared_key(resolved, cfg, num_labels, dtype)
     try:
@@ -162,8 +162,40 @@ def share_weights(model: PreTrainedModel, resolved: ResolvedModel, cfg: ModelCon
     with torch.no_grad():
         for name, t in mine.items():
             t.data = mapped[name]
-    _release_freed_memory()  # the private copies were freed as each .data was replaced
+    release_freed_memory()  # the private copies were freed as each .data was replaced
     return f"weights mapped from {path}"
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _file_mappings() -> list[tuple[int, int]]:
+    """Sorted ``(start, end)`` address ranges of this process's mappings of regular files (Linux)."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].startswith("/") and not fields[5].startswith("/dev/"):
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            out.append((lo, hi))
+    return sorted(out)
+
+
+def file_backed_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """How many of the tensors' bytes lie in file mappings (0 where ``/proc/self/maps`` is missing)."""
+    ranges = _file_mappings()
+    starts = [lo for lo, _ in ranges]
+    total = 0
+    for t in tensors:
+        ptr, size = t.data_ptr(), _nbytes(t)
+        i = bisect.bisect_right(starts, ptr) - 1
+        if size and i >= 0 and ptr + size <= ranges[i][1]:
+            total += size
+    return total
 
 
 def is_shared(t: torch.Tensor, path: Path) -> bool:

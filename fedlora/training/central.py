@@ -26,6 +26,7 @@ from fedlora.aggregation import GlobalAdapter
 from fedlora.config.schema import RunConfig
 from fedlora.data import label_names, load_central_test, make_collator, tokenize_dataset
 from fedlora.lora.state import expected_shapes, set_lora_state
+from fedlora.memory import release_freed_memory
 from fedlora.models.build import build_lora_model, load_tokenizer
 from fedlora.models.shapes import meta_adapter_shapes
 from fedlora.training.evaluate import evaluate
@@ -85,7 +86,10 @@ class CentralEvaluator:
     def evaluate(self, adapter: GlobalAdapter, rnd: int | None = None) -> dict[str, float]:
         model = self.model_for(adapter.rank, adapter.alpha, adapter.rank_pattern, adapter.alpha_pattern)
         set_lora_state(model, adapter.state)
-        return self.evaluate_model(model, rnd)
+        try:
+            return self.evaluate_model(model, rnd)
+        finally:
+            release_freed_memory()  # the server idles while clients train: keep only what it holds
 
     def evaluate_model(self, model: torch.nn.Module, rnd: int | None = None) -> dict[str, float]:
         """Loss metrics on the test split, plus the generation scores when generation is on.

@@ -1,9 +1,11 @@
 """CPU base weights memory-mapped from one shared copy (``model.share_weights``).
 
-What must hold: the mapped model is the loaded model (same names, dtypes and values, ties kept),
-its weights really live in the shared file, a process that writes to a weight changes neither the
-file nor another process's model, a copy that differs is never used, and training gives the same
-LoRA state with and without sharing.
+What must hold: a model that transformers already maps from its checkpoint is left alone (no copy
+on disk); a converted one (here the tiny float32 models loaded in bfloat16, as a bfloat16 LLM is
+loaded in float32 on a CPU) is the loaded model once mapped (same names, dtypes and values, ties
+kept), its weights really live in the shared file, a process that writes to a weight changes
+neither the file nor another process's model, a copy that differs is never used, and training
+gives the same LoRA state with and without sharing.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ from fedlora.models.shared_weights import WEIGHTS, is_shared
 from fedlora.models.sources import cache_dir
 from fedlora.training.local import train_local
 
-BERT = ModelConfig(name="tiny-bert", source="tiny:bert", task="classification", device="cpu")
-LLAMA = ModelConfig(name="tiny-llama", source="tiny:llama", task="causal_lm", device="cpu")
+# The tiny models are float32 on disk: loading them in bfloat16 converts, as loading a bfloat16
+# checkpoint in float32 does, so each process would hold a private copy.
+BERT = ModelConfig(name="tiny-bert", source="tiny:bert", task="classification", device="cpu",
+                   dtype="bfloat16")
+LLAMA = ModelConfig(name="tiny-llama", source="tiny:llama", task="causal_lm", device="cpu", dtype="bfloat16")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -70,6 +75,28 @@ def test_shared_model_equals_private_load_and_maps_the_file(cfg: ModelConfig, nu
     # The file holds exactly those tensors (what another process will map).
     on_disk = load_file(str(copy))
     assert on_disk.keys() == private.keys()
+
+
+def test_a_model_mapped_from_its_checkpoint_gets_no_copy(caplog: pytest.LogCaptureFixture) -> None:
+    """float32 on disk, float32 in memory: transformers maps the checkpoint; nothing is written."""
+    from fedlora.models.shared_weights import file_backed_bytes
+
+    before = set(_copies())
+    clear_caches()
+    with caplog.at_level("INFO"):
+        model = load_base_model(dataclasses.replace(LLAMA, dtype="float32"))
+    assert set(_copies()) == before
+    assert "weights mapped from the checkpoint" in caplog.text
+    tensors = list(_tensors(model).values())
+    assert file_backed_bytes(tensors) >= 0.9 * sum(t.numel() * t.element_size() for t in tensors)
+
+
+def test_a_converted_model_is_private_without_sharing() -> None:
+    from fedlora.models.shared_weights import file_backed_bytes
+
+    clear_caches()
+    model = load_base_model(dataclasses.replace(LLAMA, share_weights=False))
+    assert file_backed_bytes(_tensors(model).values()) == 0  # what sharing is for
 
 
 def test_tied_weights_stay_tied() -> None:
@@ -148,7 +175,8 @@ def test_two_processes_map_one_copy(tmp_path: Path) -> None:
         "from fedlora.models.build import load_base_model\n"
         "from fedlora.models.shared_weights import is_shared\n"
         "from pathlib import Path; import sys\n"
-        "cfg = ModelConfig(name='b', source='tiny:bert', task='classification', device='cpu')\n"
+        "cfg = ModelConfig(name='b', source='tiny:bert', task='classification', device='cpu',\n"
+        "                  dtype='bfloat16')\n"
         "m = load_base_model(cfg, 3)\n"
         "print(json.dumps(all(is_shared(p, Path(sys.argv[1])) for p in m.parameters())))\n"
     )
