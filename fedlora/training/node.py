@@ -10,6 +10,8 @@ config is the node's config (:func:`in_simulation` tells them apart).
 Node-config keys (``flower-supernode --node-config 'key=value ...'``, string values TOML-quoted):
 ``partition-id`` (required), ``num-partitions``, ``lora-rank``, ``device``, ``quantization``,
 ``data-path``, ``heldout-fraction``, ``corpus-path``, ``model-source``, ``trust-remote-code``,
+``share-weights`` (whether this node keeps a shared CPU copy of a converted base model in its
+model cache, :mod:`fedlora.models.shared_weights`; default: the run's ``model.share_weights``),
 ``worker``.
 """
 
@@ -27,7 +29,8 @@ SIMULATION_ENV = "FEDLORA_SIMULATION"
 """Set to ``1`` by :func:`simulations.engine.simulate` for its Ray workers."""
 
 NODE_KEYS = ("partition-id", "num-partitions", "lora-rank", "device", "quantization", "data-path",
-             "heldout-fraction", "corpus-path", "model-source", "trust-remote-code", "worker")
+             "heldout-fraction", "corpus-path", "model-source", "trust-remote-code", "share-weights",
+             "worker")
 PATH_SOURCES = ("files", "hf")
 
 
@@ -50,6 +53,7 @@ class NodeFacts:
     heldout_fraction: float = 0.0  # own data: local validation fraction
     model_source: str = ""
     trust_remote_code: bool = False
+    share_weights: bool = True
 
 
 def _flag(value: Any, key: str) -> bool:
@@ -110,13 +114,15 @@ def node_facts(cfg: RunConfig, node_config: Mapping[str, Any]) -> NodeFacts:
         data_path=data_path, own_data=bool(own), heldout_fraction=heldout,
         model_source=str(node_config.get("model-source", "")).strip() or cfg.model.source,
         trust_remote_code=cfg.model.trust_remote_code and (sim or trust),
+        share_weights=_flag(node_config.get("share-weights", cfg.model.share_weights), "share-weights"),
     )
 
 
 def local_config(cfg: RunConfig, facts: NodeFacts) -> RunConfig:
     """The run config as this node sees it (its device, quantization, model and data paths)."""
     model = dataclasses.replace(cfg.model, device=facts.device, quantization=facts.quantization,
-                                source=facts.model_source, trust_remote_code=facts.trust_remote_code)
+                                source=facts.model_source, trust_remote_code=facts.trust_remote_code,
+                                share_weights=facts.share_weights)
     return dataclasses.replace(cfg, model=model, data=dataclasses.replace(cfg.data, path=facts.data_path))
 
 

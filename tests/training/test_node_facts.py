@@ -36,13 +36,13 @@ def test_a_deployed_node_does_not_open_the_servers_data_path(tmp_path):
 
 def test_in_simulation_the_run_config_is_the_nodes_own(tmp_path, monkeypatch):
     monkeypatch.setenv(SIMULATION_ENV, "1")
-    cfg = _files_cfg(tmp_path, "+model.trust_remote_code=true")
+    cfg = _files_cfg(tmp_path, "model.trust_remote_code=true")
     facts = node_facts(cfg, {"partition-id": 0, "num-partitions": 2})
     assert facts.data_path == cfg.data.path and facts.trust_remote_code and not facts.own_data
 
 
 def test_remote_code_runs_only_where_the_node_allows_it():
-    cfg = compose(["preset=smoke", "+model.trust_remote_code=true"])
+    cfg = compose(["preset=smoke", "model.trust_remote_code=true"])
     with pytest.raises(ValueError, match="add trust-remote-code=true to its --node-config"):
         node_facts(cfg, {"partition-id": 0})
     assert node_facts(cfg, {"partition-id": 0, "trust-remote-code": True}).trust_remote_code
@@ -70,3 +70,14 @@ def test_clients_never_receive_the_servers_run_directory(tmp_path):
     shipped = node_view(cfg)
     assert (shipped.output_dir, shipped.resume, shipped.overwrite) == ("", "", False)
     assert shipped.lora == cfg.lora and shipped.train == cfg.train
+
+
+def test_a_node_decides_whether_it_keeps_a_shared_weights_copy():
+    cfg = compose(["preset=smoke"])
+    assert node_facts(cfg, {"partition-id": 0}).share_weights is cfg.model.share_weights is True
+    facts = node_facts(cfg, {"partition-id": 0, "share-weights": "false"})
+    assert not facts.share_weights and not local_config(cfg, facts).model.share_weights
+    off = compose(["preset=smoke", "model.share_weights=false"])
+    assert node_facts(off, {"partition-id": 0, "share-weights": True}).share_weights
+    with pytest.raises(ValueError, match="'share-weights' must be true or false"):
+        node_facts(cfg, {"partition-id": 0, "share-weights": "sometimes"})
