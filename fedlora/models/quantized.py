@@ -8,7 +8,8 @@ serialise bitsandbytes 4-bit models, so the first load saves the quantized model
 
 ``key`` hashes everything that changes the quantized weights (see :func:`nf4_key`), so a changed
 source, head size, dtype, quantization setting or library version gets its own copy rather than a
-stale one. Old copies are not deleted automatically.
+stale one. Old copies are not deleted automatically: ``python -m fedlora.models.cache`` lists the
+cache's entries with their sizes and last use, and prunes them.
 
 A copy without ``config.json`` (with a ``quantization_config``) or without the safetensors files it
 names is incomplete and rebuilt; one that exists but fails to load is discarded and rebuilt too.
@@ -30,7 +31,7 @@ from filelock import FileLock
 from transformers import PreTrainedModel
 
 from fedlora.config.schema import ModelConfig
-from fedlora.models.sources import ResolvedModel, cache_dir, materialise
+from fedlora.models.sources import ResolvedModel, cache_dir, mark_used, materialise
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +180,7 @@ def load_nf4(resolved: ResolvedModel, cfg: ModelConfig, num_labels: int | None, 
     parent = cache_dir() / "quantized"
     final = parent / nf4_key(resolved, cfg, num_labels, device, dtype, quant_kwargs)
     if is_complete(final):
+        mark_used(final)
         model = _load_copy(final, quant_kwargs, load)
         if model is not None:
             return model, f"nf4 copy from {final}"

@@ -23,6 +23,7 @@ because several simulation worker processes may ask for the same model at the sa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -188,11 +189,11 @@ def materialise(parent: Path, name: str, build: Callable[[Path], None], what: st
     """
     final = parent / name
     if complete(final):
-        return final
+        return mark_used(final)
     parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(parent / f"{name}.lock")):
         if complete(final):  # another process finished while we waited
-            return final
+            return mark_used(final)
         tmp = parent / f".{name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         if final.exists():  # a half-written or damaged leftover
@@ -206,7 +207,19 @@ def materialise(parent: Path, name: str, build: Callable[[Path], None], what: st
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         logger.info("built %s in %.1f s", what, time.perf_counter() - start)
-    return final
+    return mark_used(final)
+
+
+LAST_USED = ".last-used"
+"""Touched inside a cache entry each time a process uses it: ``python -m fedlora.models.cache``
+prunes by it."""
+
+
+def mark_used(path: Path) -> Path:
+    """Record that ``path`` (a cache entry) was used now; a read-only cache is left as it is."""
+    with contextlib.suppress(OSError):
+        (path / LAST_USED).touch()
+    return path
 
 
 def _resolve_tiny(kind: str) -> ResolvedModel:

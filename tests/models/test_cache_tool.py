@@ -1,0 +1,89 @@
+"""``python -m fedlora.models.cache``: list the model cache and prune it by last use."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from filelock import FileLock
+
+from fedlora.models import cache
+from fedlora.models.sources import LAST_USED, cache_dir, materialise
+
+DAY = 86400
+
+
+def _entry(root: Path, kind: str, name: str, size: int, days_ago: float | None) -> Path:
+    path = root / kind / name
+    path.mkdir(parents=True)
+    (path / "weights.bin").write_bytes(b"x" * size)
+    if days_ago is not None:
+        (path / LAST_USED).touch()
+        stamp = time.time() - days_ago * DAY
+        os.utime(path / LAST_USED, (stamp, stamp))
+    return path
+
+
+@pytest.fixture
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("FEDLORA_CACHE", str(tmp_path))
+    _entry(tmp_path, "shared", "old", 3000, days_ago=30)
+    _entry(tmp_path, "shared", "new", 2000, days_ago=1)
+    _entry(tmp_path, "quantized", "mid", 1000, days_ago=10)
+    _entry(tmp_path, "models", "never-marked", 10, days_ago=None)  # falls back to the dir's mtime
+    (tmp_path / "shared" / ".x.tmp-123").mkdir()  # a build in progress is never an entry
+    return tmp_path
+
+
+def test_list_shows_every_entry_oldest_first(root: Path, capsys: pytest.CaptureFixture) -> None:
+    assert [e.path.name for e in cache.entries()] == ["old", "mid", "new", "never-marked"]
+    assert [e.size for e in cache.entries()] == [3000, 1000, 2000, 10]
+    assert cache.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert str(root) in out and "4 entries" in out and "old" in out and ".x.tmp" not in out
+
+
+def test_prune_by_last_use(root: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cache.main(["prune", "--unused-days", "5", "--dry-run"]) == 0
+    assert "dry run" in capsys.readouterr().out and (root / "shared" / "old").exists()
+    assert cache.main(["prune", "--unused-days", "5"]) == 0
+    assert "deleted 2 entries" in capsys.readouterr().out
+    left = sorted(e.path.name for e in cache.entries())
+    assert left == ["never-marked", "new"]
+
+
+def test_prune_all_of_one_kind(root: Path) -> None:
+    assert cache.main(["prune", "--all", "--kind", "shared"]) == 0
+    assert not (root / "shared" / "old").exists() and not (root / "shared" / "new").exists()
+    assert (root / "quantized" / "mid").exists() and (root / "models" / "never-marked").exists()
+
+
+def test_prune_needs_one_rule(root: Path, capsys: pytest.CaptureFixture) -> None:
+    for argv in (["prune"], ["prune", "--all", "--unused-days", "1"], ["prune", "--unused-days", "-1"]):
+        with pytest.raises(SystemExit) as exc:
+            cache.main(argv)
+        assert exc.value.code == 2
+    assert "exactly one of --unused-days N or --all" in capsys.readouterr().err
+    assert len(cache.entries()) == 4
+
+
+def test_an_entry_being_built_is_skipped(root: Path, capsys: pytest.CaptureFixture) -> None:
+    with FileLock(str(root / "shared" / "old.lock")):
+        assert cache.main(["prune", "--all", "--kind", "shared"]) == 0
+    captured = capsys.readouterr()
+    assert "skipped" in captured.err and (root / "shared" / "old").exists()
+    assert not (root / "shared" / "new").exists()
+
+
+def test_materialise_marks_each_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDLORA_CACHE", str(tmp_path))
+    parent = cache_dir() / "models"
+    built = materialise(parent, "thing", lambda out: (out.mkdir(), (out / "config.json").write_text("{}")),
+                        "a thing")
+    marker = built / LAST_USED
+    assert marker.exists()
+    os.utime(marker, (0, 0))
+    materialise(parent, "thing", lambda out: pytest.fail("must not rebuild"), "a thing")
+    assert marker.stat().st_mtime > time.time() - 60
