@@ -93,20 +93,30 @@ def nf4_key(resolved: ResolvedModel, cfg: ModelConfig, num_labels: int | None, d
     str
         16 hex digits.
     """
+    return load_key(resolved, cfg, num_labels, dtype, KEY_VERSION, device=device.type,
+                    bnb=quant_kwargs["quantization_config"].to_dict(),
+                    bitsandbytes=package_version("bitsandbytes"))
+
+
+def load_key(resolved: ResolvedModel, cfg: ModelConfig, num_labels: int | None, dtype: torch.dtype,
+             version: int, **extra: object) -> str:
+    """16 hex digits hashing what a cached copy of a loaded model depends on, plus ``extra``.
+
+    The source (path, description, file sizes and mtimes), the task, the head size, remote code,
+    the dtype and the transformers and torch versions; ``version`` orphans copies in an old layout.
+    """
     parts = {
-        "version": KEY_VERSION,
+        "version": version,
         "path": resolved.path,
         "description": resolved.description,
         "files": source_fingerprint(Path(resolved.path)),
         "task": cfg.task,
         "num_labels": num_labels if cfg.task == "classification" else None,
         "trust_remote_code": cfg.trust_remote_code,
-        "device": device.type,
         "dtype": str(dtype),
-        "bnb": quant_kwargs["quantization_config"].to_dict(),
         "transformers": package_version("transformers"),
-        "bitsandbytes": package_version("bitsandbytes"),
         "torch": torch.__version__,
+        **extra,
     }
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

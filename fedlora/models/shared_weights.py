@@ -37,8 +37,6 @@ tensors).
 from __future__ import annotations
 
 import bisect
-import hashlib
-import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -50,7 +48,7 @@ from transformers import PreTrainedModel
 
 from fedlora.config.schema import ModelConfig
 from fedlora.memory import release_freed_memory
-from fedlora.models.quantized import package_version, source_fingerprint
+from fedlora.models.quantized import load_key
 from fedlora.models.sources import ResolvedModel, cache_dir, materialise
 
 logger = logging.getLogger(__name__)
@@ -67,20 +65,7 @@ mapped from its checkpoint but for a fresh classification head is not worth a co
 
 def shared_key(resolved: ResolvedModel, cfg: ModelConfig, num_labels: int | None, dtype: torch.dtype) -> str:
     """A short hash of everything that changes the loaded weights (16 hex digits)."""
-    parts = {
-        "version": KEY_VERSION,
-        "path": resolved.path,
-        "description": resolved.description,
-        "files": source_fingerprint(Path(resolved.path)),
-        "task": cfg.task,
-        "num_labels": num_labels if cfg.task == "classification" else None,
-        "trust_remote_code": cfg.trust_remote_code,
-        "dtype": str(dtype),
-        "transformers": package_version("transformers"),
-        "torch": torch.__version__,
-    }
-    blob = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return load_key(resolved, cfg, num_labels, dtype, KEY_VERSION)
 
 
 def _tensors(model: PreTrainedModel) -> dict[str, torch.Tensor]:
