@@ -38,6 +38,7 @@ from fedlora.export.card import model_card, stamp_adapter_config
 from fedlora.lora.state import check_state_fits, expected_shapes, set_lora_state
 from fedlora.models.build import LOAD_SEED, build_lora_model
 from fedlora.models.device import quantization_kwargs, select_device, select_dtype
+from fedlora.models.peft_wrap import quiet_peft_deprecation
 from fedlora.models.shapes import meta_lora_model, meta_target_modules
 from fedlora.models.sources import resolve_model
 
@@ -183,7 +184,8 @@ def load_exported(
         base = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
     if model_cfg.quantization == "none":
         base = base.to(dev)
-    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    with quiet_peft_deprecation():
+        model = PeftModel.from_pretrained(base, str(adapter_dir))
     for config in model.peft_config.values():  # the file's hub id is for other machines; PEFT would query
         config.base_model_name_or_path = base_path  # the hub for it when reading the state back
     model.eval()

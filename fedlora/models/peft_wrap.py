@@ -19,7 +19,10 @@ fiddly enough to deserve their own place:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import warnings
+from collections.abc import Iterator
 
 import peft
 import torch
@@ -31,6 +34,21 @@ from fedlora.models.adapters import AdapterSpec, lora_config
 from fedlora.models.targets import LINEAR_TYPES, resolve_target_modules
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def quiet_peft_deprecation() -> Iterator[None]:
+    """Silence the one FutureWarning PEFT's own wrapping triggers in transformers 5.
+
+    ``PeftModel.__init__`` reads ``model.is_gradient_checkpointing``, which transformers 5
+    deprecates in favour of ``is_activation_checkpointing``: every run printed that warning once per
+    process although no user code, and no fedlora code, uses the old name. Only that message, only
+    around PEFT's calls; any other warning still shows.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated",
+                                category=FutureWarning)
+        yield
 
 
 def check_target_modules(model: torch.nn.Module, target_modules: list[str]) -> None:
@@ -101,7 +119,7 @@ def wrap_with_lora(
     targets = resolve_target_modules(base, lora_cfg)
     check_target_modules(base, targets)
     config = lora_config(spec, model_cfg.task, targets)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), quiet_peft_deprecation():
         torch.manual_seed(spec.init_seed)
         model = peft.get_peft_model(base, config, adapter_name=spec.name)
     if classification and not lora_cfg.train_head:

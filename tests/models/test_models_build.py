@@ -210,3 +210,18 @@ def test_packaged_minilm_loads_offline() -> None:
     tok = load_tokenizer(cfg)
     logits = model(**tok(["great flight", "terrible delay"], return_tensors="pt", padding=True)).logits
     assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+
+
+def test_wrapping_prints_no_transformers_deprecation_but_other_warnings_show() -> None:
+    import warnings
+
+    from fedlora.models.peft_wrap import quiet_peft_deprecation
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        build_lora_model(LLAMA, LoraConfig(r=4, target_modules=LLAMA_TARGETS))
+        with quiet_peft_deprecation():
+            warnings.warn("something else", FutureWarning, stacklevel=1)
+    messages = [str(w.message) for w in seen]
+    assert not [m for m in messages if "is_gradient_checkpointing" in m]
+    assert "something else" in messages
