@@ -67,3 +67,32 @@ def test_run_config_bridge_uses_the_same_composition():
     assert cfg.federation.num_rounds == 4
     assert cfg.model.source == "tiny:bert"
     assert cfg.lora.target_modules == ["query", "value"]
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in _options(g)])
+def test_every_schema_field_is_in_the_composed_tree(group, option):
+    """A field the YAML leaves out cannot be overridden without Hydra's ``+`` (``model.x=1`` is refused
+    as "Could not override"): every dataclass field must be present whatever the group option."""
+    import dataclasses
+    import typing
+
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from fedlora.config.schema import RunConfig
+
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        tree = OmegaConf.to_container(hydra_compose("config", overrides=[f"{group}={option}"]), resolve=True)
+    missing = []
+
+    def walk(cls: type, node: dict, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name not in node:
+                missing.append(prefix + f.name)
+            elif dataclasses.is_dataclass(hints[f.name]) and isinstance(node[f.name], dict):
+                walk(hints[f.name], node[f.name], f"{prefix}{f.name}.")
+
+    walk(RunConfig, tree, "")
+    assert missing == []
