@@ -86,8 +86,11 @@ def _save(tensors: dict[str, torch.Tensor], out: Path, description: str) -> None
     for name, t in tensors.items():
         t = t.detach()
         ptr = t.untyped_storage().data_ptr()
-        # safetensors refuses two entries over one storage (views, aliases): those get their own copy.
-        plain[name] = t.clone() if ptr in seen or not t.is_contiguous() else t
+        # safetensors refuses two entries over one storage (views, aliases) and non-contiguous
+        # tensors: those get their own contiguous copy.
+        if ptr in seen or not t.is_contiguous():
+            t = t.clone(memory_format=torch.contiguous_format)
+        plain[name] = t
         seen.add(ptr)
     out.mkdir(parents=True, exist_ok=True)
     save_file(plain, str(out / WEIGHTS), metadata={"source": description})
@@ -196,8 +199,8 @@ def is_shared(t: torch.Tensor, path: Path) -> bool:
     except OSError:
         return False
     for line in lines:
-        fields = line.split()
-        if len(fields) >= 6 and fields[5] == target:
+        fields = line.split(maxsplit=5)  # the path (field 6) may hold spaces
+        if len(fields) == 6 and fields[5] == target:
             lo, hi = (int(x, 16) for x in fields[0].split("-"))
             if lo <= ptr < hi:
                 return True

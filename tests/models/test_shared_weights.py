@@ -184,3 +184,16 @@ def test_two_processes_map_one_copy(tmp_path: Path) -> None:
                          timeout=300, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) is True
     assert _copies() == copies and copy.stat().st_mtime_ns == stamp
+
+
+def test_the_copy_holds_views_and_transposed_tensors(tmp_path: Path) -> None:
+    """Buffers may alias a parameter's storage or be non-contiguous; safetensors takes neither as is."""
+    from fedlora.models.shared_weights import _save
+
+    base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    tensors = {"w": base, "w_t": base.t(), "rows": base[1:], "other": torch.ones(2)}
+    _save(tensors, tmp_path, "test")
+    back = load_file(str(tmp_path / WEIGHTS))
+    assert back.keys() == tensors.keys()
+    for name, t in tensors.items():
+        assert torch.equal(back[name], t), name
