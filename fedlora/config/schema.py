@@ -55,8 +55,9 @@ class ModelConfig:
     quantization: str = "none"
     max_length: int = 64
     trust_remote_code: bool = False
-    # CPU weights memory-mapped from one file in the model cache: every process on the machine
-    # shares one physical copy (fedlora/models/shared_weights.py). Same numbers either way.
+    # CPU weights that a load converts (e.g. a bf16 checkpoint in fp32) are memory-mapped from one
+    # copy in the model cache, so every process on the machine shares one physical copy
+    # (fedlora/models/shared_weights.py). Same numbers either way.
     share_weights: bool = True
 
     def problems(self) -> list[str]:

@@ -158,16 +158,21 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def _file_mappings() -> list[tuple[int, int]]:
-    """Sorted ``(start, end)`` address ranges of this process's mappings of regular files (Linux)."""
+def _file_mappings(only: str | None = None) -> list[tuple[int, int]]:
+    """Sorted ``(start, end)`` address ranges of this process's mappings of regular files (Linux),
+    or of the file ``only`` alone."""
     try:
         lines = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
         return []
     out = []
     for line in lines:
-        fields = line.split(maxsplit=5)
-        if len(fields) == 6 and fields[5].startswith("/") and not fields[5].startswith("/dev/"):
+        fields = line.split(maxsplit=5)  # the path (field 6) may hold spaces
+        if len(fields) < 6:
+            continue
+        name = fields[5]
+        regular = name.startswith("/") and not name.startswith("/dev/")
+        if name == only if only is not None else regular:
             lo, hi = (int(x, 16) for x in fields[0].split("-"))
             out.append((lo, hi))
     return sorted(out)
@@ -192,16 +197,5 @@ def is_shared(t: torch.Tensor, path: Path) -> bool:
     For tests and diagnostics: a weight that was written to since (copy-on-write) still reads as
     mapped, since the mapping's address range is unchanged.
     """
-    target = str(path.resolve())
     ptr = t.untyped_storage().data_ptr()
-    try:
-        lines = Path("/proc/self/maps").read_text().splitlines()
-    except OSError:
-        return False
-    for line in lines:
-        fields = line.split(maxsplit=5)  # the path (field 6) may hold spaces
-        if len(fields) == 6 and fields[5] == target:
-            lo, hi = (int(x, 16) for x in fields[0].split("-"))
-            if lo <= ptr < hi:
-                return True
-    return False
+    return any(lo <= ptr < hi for lo, hi in _file_mappings(only=str(path.resolve())))
