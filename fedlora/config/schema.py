@@ -82,7 +82,7 @@ class LoraConfig:
     alpha: float = 16.0
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["query", "key", "value", "dense"])
-    train_head: bool = True
+    train_head: bool = True  # false: the head stays frozen and never travels (the export carries it)
     ranks: list[int] = field(default_factory=list)
     init_seed: int = 0
     max_rank: int = 256  # the largest rank a node may report (it sizes the server's global adapter)

@@ -29,13 +29,14 @@ from typing import Any
 import torch
 from peft import PeftModel
 from peft.utils import SAFETENSORS_WEIGHTS_NAME
+from safetensors.torch import load_file
 from safetensors.torch import save_file as safe_save_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from fedlora.aggregation import GlobalAdapter
 from fedlora.config.schema import LoraConfig, ModelConfig, RunConfig
 from fedlora.export.card import model_card, stamp_adapter_config
-from fedlora.lora.state import check_state_fits, expected_shapes, set_lora_state
+from fedlora.lora.state import LoraStateError, check_state_fits, expected_shapes, set_lora_state
 from fedlora.models.build import LOAD_SEED, build_lora_model
 from fedlora.models.device import quantization_kwargs, select_device, select_dtype
 from fedlora.models.peft_wrap import quiet_peft_deprecation
@@ -63,9 +64,13 @@ def save_adapter(
     out_dir.mkdir(parents=True, exist_ok=True)
     lora = dataclasses.replace(cfg.lora, alpha=adapter.alpha)
     num_labels = len(labels) if labels else None
-    if not cfg.federation.central_eval:
+    frozen_head = cfg.model.task == "classification" and not cfg.lora.train_head
+    if not cfg.federation.central_eval and not frozen_head:
         write_weightless(cfg.model, lora, adapter, num_labels, out_dir)
     else:
+        if not cfg.federation.central_eval:
+            log.info("lora.train_head=false: loading the base model once to write its frozen "
+                     "classification head into the adapter (PEFT reloads no classifier adapter without it)")
         model = build_lora_model(cfg.model, lora, rank=adapter.rank, num_labels=num_labels,
                                  rank_pattern=adapter.rank_pattern, alpha_pattern=adapter.alpha_pattern)
         set_lora_state(model, adapter.state)
@@ -75,6 +80,8 @@ def save_adapter(
             written = Path(tmp) / name if name != "default" else Path(tmp)
             for path in written.iterdir():
                 shutil.move(str(path), out_dir / path.name)
+        if frozen_head:
+            write_frozen_head(model, cfg.model, lora, adapter, num_labels, out_dir)
     manifest = {
         "fedlora_version": "0.1.0",
         "model": dataclasses.asdict(cfg.model),
@@ -138,6 +145,43 @@ def write_weightless(
     config.save_pretrained(str(out_dir))
 
 
+def write_frozen_head(
+    model: PeftModel, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter: GlobalAdapter,
+    num_labels: int | None, out_dir: Path,
+) -> list[str]:
+    """Add a frozen (``lora.train_head=false``) classification head to an exported adapter.
+
+    Why: PEFT's sequence-classification wrapper always wraps the head in ``modules_to_save`` and
+    then requires its tensors in the adapter file, so an adapter written without them fails
+    ``PeftModel.from_pretrained`` with a ``KeyError``. Training never sends the frozen head (every
+    process draws the same one under :data:`~fedlora.models.build.LOAD_SEED`, or reads it from the
+    checkpoint), but the export must carry it: it is part of what the adapter computes, and a
+    user's reload should not depend on reproducing a random initialisation. The tensors are read
+    from ``model`` (the frozen head as trained), under the keys and with the ``modules_to_save``
+    that PEFT writes for a trained head (taken from a weightless twin with ``train_head=true``), so
+    the files are what ``save_pretrained`` writes for an adapter whose head is this one.
+    Returns the head keys added.
+    """
+    twin = meta_lora_model(model_cfg, dataclasses.replace(lora_cfg, train_head=True), rank=adapter.rank,
+                           num_labels=num_labels, rank_pattern=adapter.rank_pattern,
+                           alpha_pattern=adapter.alpha_pattern)
+    head_shapes = {k: v for k, v in expected_shapes(twin).items() if k not in adapter.state}
+    weights = model.state_dict()
+    missing = sorted(k for k in head_shapes if k not in weights or tuple(weights[k].shape) != head_shapes[k])
+    if missing:
+        raise LoraStateError(f"the frozen classification head of {model_cfg.name} has no tensor {missing} "
+                             "of the shape PEFT expects; cannot export a reloadable adapter")
+    path = Path(out_dir) / SAFETENSORS_WEIGHTS_NAME
+    tensors = load_file(str(path))
+    tensors.update({k: weights[k].detach().to("cpu", copy=True).contiguous() for k in head_shapes})
+    safe_save_file(tensors, str(path), metadata={"format": "pt"})
+    config_path = Path(out_dir) / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["modules_to_save"] = twin.peft_config[twin.active_adapter].modules_to_save
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return sorted(head_shapes)
+
+
 def save_merged(adapter_dir: Path, out_dir: Path) -> Path:
     """Merge the exported adapter into a fresh full-precision base and save the full model."""
     model, tokenizer, _ = load_exported(adapter_dir, device="cpu", quantization="none")
@@ -173,11 +217,11 @@ def load_exported(
     if manifest["task"] == "classification":
         labels = manifest["labels"]
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(LOAD_SEED)  # an untrained (lora.train_head=false) head as in training
+            torch.manual_seed(LOAD_SEED)  # a newly sized head as in training (the adapter's replaces it)
             base = AutoModelForSequenceClassification.from_pretrained(
                 base_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                label2id={name: i for i, name in enumerate(labels)}, **kwargs,
-            )
+                label2id={name: i for i, name in enumerate(labels)}, ignore_mismatched_sizes=True, **kwargs,
+            )  # a checkpoint head of another label count is re-drawn; the adapter's head replaces it
         if base.config.pad_token_id is None:
             base.config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
     else:

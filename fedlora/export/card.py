@@ -16,7 +16,6 @@ from typing import Any
 
 from fedlora.config.schema import ModelConfig, RunConfig
 from fedlora.data.partition import resolve_partitioner
-from fedlora.models.build import LOAD_SEED
 from fedlora.models.origins import HubOrigin, hub_origin
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -72,10 +71,8 @@ def load_snippet(cfg: RunConfig, manifest: dict[str, Any], origin: HubOrigin | N
     if labels:
         lines.append(f"labels = {list(labels)!r}")
         args += ["num_labels=len(labels)", "id2label=dict(enumerate(labels))",
-                 "label2id={name: i for i, name in enumerate(labels)}"]
-        if not cfg.lora.train_head:
-            lines.append(f"torch.manual_seed({LOAD_SEED})  # the head was not trained: fedlora drew it under "
-                         f"seed {LOAD_SEED}")
+                 "label2id={name: i for i, name in enumerate(labels)}",
+                 "ignore_mismatched_sizes=True"]  # the adapter carries the head, whatever its size
     if not origin:
         lines.append("# no hub id is known for this base: this path exists only on the training machine")
     lines.append(f"base = {task_cls}.from_pretrained({', '.join(args)}, dtype=torch.float32)")

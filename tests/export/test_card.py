@@ -54,9 +54,9 @@ def test_default_minilm_card_names_its_hub_id_and_labels() -> None:
     assert "labels = ['negative', 'neutral', 'positive']" in code and "num_labels=len(labels)" in code
 
 
-def test_frozen_head_card_seeds_the_head_like_training() -> None:
+def test_frozen_head_card_needs_no_seed_since_the_adapter_carries_the_head() -> None:
     code = snippet(model_card(compose(["lora.train_head=false"]), {**MANIFEST, "labels": ["a", "b"]}))
-    assert "torch.manual_seed(0)" in code
+    assert "manual_seed" not in code and "ignore_mismatched_sizes=True" in code
 
 
 def test_tiny_model_card_says_there_is_no_hub_id() -> None:

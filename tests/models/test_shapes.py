@@ -124,9 +124,10 @@ def test_weightless_export_writes_what_save_pretrained_writes(case: str, tmp_pat
     assert all(ours[k].dtype == theirs[k].dtype and torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
-# PEFT's seq-cls wrapper always wraps the head and then requires head keys in the file, so a
-# classification adapter without its head (lora.train_head=false) does not reload with a plain
-# PeftModel.from_pretrained -- whichever way it was written (the files above are PEFT's own).
+# PEFT's seq-cls wrapper always wraps the head and then requires head keys in the file, so the bare
+# LoRA files of a classification adapter without its head (lora.train_head=false) do not reload with a
+# plain PeftModel.from_pretrained -- whichever way they were written (the files above are PEFT's own).
+# save_adapter therefore adds the frozen head (write_frozen_head; tests/export/test_frozen_head.py).
 FROZEN_HEAD_RELOAD = pytest.mark.xfail(raises=KeyError, strict=True,
                                        reason="PEFT seq-cls reload requires head keys (train_head=false)")
 
