@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from fedlora.config.choices import AUTO_GPUS
 from fedlora.config.load import ConfigError
 from fedlora.config.schema import RunConfig
 from fedlora.results.checkpoint import has_checkpoint, resume_problems
@@ -104,6 +105,28 @@ def model_problems(cfg: RunConfig) -> list[str]:
     return []
 
 
+def client_gpus(cfg: RunConfig, cuda: bool | None = None) -> float:
+    """The GPUs Ray gives each simulated client: ``federation.client_num_gpus``, auto-resolved.
+
+    Why auto: Ray hides every GPU from an actor that requests none, so a literal 0 default trains
+    on the CPU of a GPU machine. ``-1`` (the default) gives each client worker a whole GPU when the
+    clients use CUDA (``model.device`` auto or cuda, and this machine has it): Ray then runs one
+    worker per GPU, which trains its sampled clients in turn with one resident base model, the
+    memory-safe choice for a large model. Fractions (e.g. 0.25) pack more workers on a GPU, each
+    with its own copy of the base; 0 keeps the clients on CPU.
+    """
+    gpus = cfg.federation.client_num_gpus
+    if gpus != AUTO_GPUS:
+        return gpus
+    if cfg.model.device not in ("auto", "cuda"):
+        return 0.0
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    return 1.0 if cuda else 0.0
+
+
 def device_problems(cfg: RunConfig, cuda: bool | None = None) -> tuple[list[str], list[str]]:
     """Problems and warnings about the device the *simulated* clients will train on.
 
@@ -147,10 +170,11 @@ def device_problems(cfg: RunConfig, cuda: bool | None = None) -> tuple[list[str]
                else "use train.optimizer=adamw or adamw_8bit")
         return [f"{field}: {' and '.join(wants)} {need} a CUDA device, and this machine has none "
                 f"(torch.cuda.is_available() is False); {fix}"], []
-    if cfg.federation.client_num_gpus > 0:
+    if client_gpus(cfg, cuda) > 0:
         return [], []
     hidden = ("federation.client_num_gpus=0 makes Ray hide this machine's GPU from the simulated clients "
-              "(CUDA_VISIBLE_DEVICES=''); set federation.client_num_gpus, e.g. 0.25 for four clients per GPU")
+              "(CUDA_VISIBLE_DEVICES=''); set federation.client_num_gpus, e.g. -1 (auto: one worker per GPU) "
+              "or 0.25 for four clients per GPU")
     if wants:
         return [f"federation.client_num_gpus: {' and '.join(wants)} {need} a GPU in every client, "
                 f"but {hidden}"], []

@@ -63,7 +63,7 @@ def simulate(cfg: RunConfig, out_dir: Path, worker_logs: bool = True) -> dict[st
     ``worker_logs=False`` keeps the clients' log lines (local steps) in Ray's session log files
     instead of forwarding them to this console: a comparison's console shows only its progress.
     """
-    from fedlora.preflight import clear_previous_run, preflight
+    from fedlora.preflight import clear_previous_run, client_gpus, preflight
 
     out_dir = Path(out_dir)
     preflight(cfg, out_dir)
@@ -90,7 +90,7 @@ def simulate(cfg: RunConfig, out_dir: Path, worker_logs: bool = True) -> dict[st
     if fed.ray_num_cpus:
         init_args["num_cpus"] = fed.ray_num_cpus
     backend_config = {
-        "client_resources": {"num_cpus": fed.client_num_cpus, "num_gpus": fed.client_num_gpus},
+        "client_resources": {"num_cpus": fed.client_num_cpus, "num_gpus": client_gpus(cfg)},
         "init_args": init_args,
     }
     logging.getLogger("flwr").propagate = False  # Hydra's root handler would print flwr lines twice

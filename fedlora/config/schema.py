@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fedlora.config.choices import (
+    AUTO_GPUS,
     DEVICES,
     DTYPES,
     EXPORT_SELECT,
@@ -151,7 +152,7 @@ class FederationConfig:
     round_timeout_s: float = 3600.0
     seed: int = 0
     client_num_cpus: float = 1.0
-    client_num_gpus: float = 0.0
+    client_num_gpus: float = -1.0  # -1: auto (a whole GPU per client worker where the clients use CUDA)
     ray_num_cpus: int = 0
     weighting: str = "dataset"
     max_failed_rounds: int = 0
@@ -195,6 +196,9 @@ class FederationConfig:
             )
         if self.client_num_cpus <= 0:
             out.append(f"federation.client_num_cpus: expected > 0, got {self.client_num_cpus}")
+        if self.client_num_gpus < 0 and self.client_num_gpus != AUTO_GPUS:
+            out.append(f"federation.client_num_gpus: expected >= 0, or {AUTO_GPUS:g} for auto, "
+                       f"got {self.client_num_gpus}")
         if self.max_reply_mb <= 0:
             out.append(f"federation.max_reply_mb: expected > 0, got {self.max_reply_mb}")
         return out

@@ -9,7 +9,7 @@ from fedlora.config.load import ConfigError, compose
 from fedlora.config.schema import LoraConfig, ModelConfig, TrainConfig
 from fedlora.lora.state import expected_shapes, get_lora_state, set_lora_state
 from fedlora.models.build import build_lora_model, load_tokenizer
-from fedlora.preflight import device_problems
+from fedlora.preflight import client_gpus, device_problems
 from fedlora.training.local import train_local
 from fedlora.training.optim import build_optimizer, optimizer_device_problem, param_groups
 from tests.conftest import random_state
@@ -141,19 +141,35 @@ def test_preflight_device_checks_for_simulated_clients() -> None:
     paged = compose(["preset=llm", "train.optimizer=paged_adamw_8bit"])  # model.device=auto
     problems, _ = device_problems(paged, cuda=False)
     assert problems[0].startswith("train.optimizer: train.optimizer='paged_adamw_8bit' needs a CUDA device")
-    problems, _ = device_problems(paged, cuda=True)  # federation.client_num_gpus=0: Ray hides the GPU
+    assert device_problems(paged, cuda=True) == ([], [])  # client_num_gpus auto: a GPU per worker
+    hidden = compose(["preset=llm", "train.optimizer=paged_adamw_8bit", "federation.client_num_gpus=0"])
+    problems, _ = device_problems(hidden, cuda=True)  # an explicit 0: Ray hides the GPU
     assert problems and problems[0].startswith("federation.client_num_gpus:")
     with_gpus = compose(["preset=llm", "train.optimizer=paged_adamw_8bit", "federation.client_num_gpus=0.25"])
     assert device_problems(with_gpus, cuda=True) == ([], [])
     plain = compose(["preset=llm"])
     assert device_problems(plain, cuda=False) == ([], [])
-    problems, warnings = device_problems(plain, cuda=True)
+    assert device_problems(plain, cuda=True) == ([], [])
+    problems, warnings = device_problems(compose(["preset=llm", "federation.client_num_gpus=0"]), cuda=True)
     assert not problems and "clients will train on CPU" in warnings[0]
     problems, _ = device_problems(compose(["preset=llm", "model.device=cuda"]), cuda=False)
     assert problems[0].startswith("model.device: model.device='cuda' needs a CUDA device")
     both = compose(["preset=llm", "model.device=cuda", "train.optimizer=paged_adamw_8bit"])
     problems, _ = device_problems(both, cuda=False)
     assert problems[0].startswith("train.optimizer: model.device='cuda' and train.optimizer=")
+
+
+def test_client_gpus_auto_gives_a_whole_gpu_only_to_clients_that_use_cuda() -> None:
+    auto = compose(["preset=llm"])  # model.device=auto, federation.client_num_gpus=-1
+    assert auto.federation.client_num_gpus == -1
+    assert client_gpus(auto, cuda=True) == 1.0  # Ray: one worker (one resident base) per GPU
+    assert client_gpus(auto, cuda=False) == 0.0
+    assert client_gpus(compose(["preset=llm", "model.device=cpu"]), cuda=True) == 0.0
+    assert client_gpus(compose(["preset=llm", "model.device=cuda"]), cuda=True) == 1.0
+    assert client_gpus(compose(["preset=llm", "federation.client_num_gpus=0.25"]), cuda=False) == 0.25
+    assert client_gpus(compose(["preset=llm", "federation.client_num_gpus=0"]), cuda=True) == 0.0
+    with pytest.raises(ConfigError, match=r"federation.client_num_gpus: expected >= 0, or -1 for auto"):
+        compose(["federation.client_num_gpus=-0.5"])
 
 
 @pytest.mark.gpu
