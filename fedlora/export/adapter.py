@@ -41,6 +41,7 @@ from fedlora.models.build import LOAD_SEED, build_lora_model
 from fedlora.models.device import quantization_kwargs, select_device, select_dtype
 from fedlora.models.peft_wrap import quiet_peft_deprecation
 from fedlora.models.shapes import meta_lora_model, meta_target_modules
+from fedlora.models.shared_weights import load_shared
 from fedlora.models.sources import resolve_model
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,9 @@ def load_exported(
     """Reload an export as a user would: fresh base from disk + ``PeftModel.from_pretrained``.
 
     Returns ``(model, tokenizer, manifest)``. The base is loaded directly with transformers (not
-    through fedlora's per-process cache), so nothing carried over from training can leak in.
+    through fedlora's per-process cache), so nothing carried over from training can leak in; a
+    converted CPU base (``model.share_weights``) is read from its shared copy, whose tensors were
+    checked against a load from the source when it was written.
     ``quantization`` defaults to the training run's (``'nf4'`` reloads a 4-bit base, as the
     server evaluated it); pass ``'none'`` for a full-precision base.
     """
@@ -209,23 +212,32 @@ def load_exported(
     model_cfg = ModelConfig(**{**manifest["model"], "device": device})
     if quantization is not None:
         model_cfg = dataclasses.replace(model_cfg, quantization=quantization)
-    base_path = resolve_model(model_cfg).path
+    resolved = resolve_model(model_cfg)
+    base_path = resolved.path
     dev = select_device(model_cfg.device)
     dtype = select_dtype(model_cfg.dtype, dev)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     kwargs: dict[str, Any] = {"dtype": dtype, **quantization_kwargs(model_cfg, dev, dtype)}
-    if manifest["task"] == "classification":
-        labels = manifest["labels"]
+    labels = manifest["labels"] if manifest["task"] == "classification" else None
+
+    def load_base(path: str) -> Any:
+        if labels is None:
+            return AutoModelForCausalLM.from_pretrained(path, **kwargs)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(LOAD_SEED)  # a newly sized head as in training (the adapter's replaces it)
-            base = AutoModelForSequenceClassification.from_pretrained(
-                base_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+            return AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=len(labels), id2label=dict(enumerate(labels)),
                 label2id={name: i for i, name in enumerate(labels)}, ignore_mismatched_sizes=True, **kwargs,
             )  # a checkpoint head of another label count is re-drawn; the adapter's head replaces it
-        if base.config.pad_token_id is None:
-            base.config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
+
+    if model_cfg.share_weights and dev.type == "cpu" and model_cfg.quantization == "none":
+        # a converted CPU base comes from its verified shared copy (the same tensors, mapped), so
+        # a reload beside a running evaluator holds no second private copy of the weights
+        base, _ = load_shared(resolved, model_cfg, len(labels) if labels else None, dtype, load_base)
     else:
-        base = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
+        base = load_base(base_path)
+    if labels is not None and base.config.pad_token_id is None:
+        base.config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
     if model_cfg.quantization == "none":
         base = base.to(dev)
     with quiet_peft_deprecation():

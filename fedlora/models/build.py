@@ -36,7 +36,7 @@ from transformers import (
 from fedlora.config.schema import TASKS, LoraConfig, ModelConfig
 from fedlora.models.device import quantization_kwargs, select_device, select_dtype
 from fedlora.models.quantized import load_nf4
-from fedlora.models.shared_weights import share_weights
+from fedlora.models.shared_weights import load_shared
 from fedlora.models.sources import resolve_model
 
 if TYPE_CHECKING:
@@ -139,14 +139,14 @@ def _load(cfg: ModelConfig, num_labels: int | None) -> PreTrainedModel:
 
     if quant:  # NF4: quantized once, then read from the saved copy in the model cache
         model, origin = load_nf4(resolved, cfg, num_labels, device, dtype, quant, from_pretrained)
+    elif cfg.share_weights and device.type == "cpu":  # one mapped copy per machine
+        model, origin = load_shared(resolved, cfg, num_labels, dtype, lambda path: from_pretrained(path, {}))
     else:
         model, origin = from_pretrained(resolved.path, {}), ""
     if cfg.task == "classification" and model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id  # decoder seq-cls heads find the last token by it
     if cfg.quantization == "none":
         model.to(device)
-        if cfg.share_weights and device.type == "cpu":
-            origin = share_weights(model, resolved, cfg, num_labels, dtype)
     model.eval()
     with _lock:
         _loads += 1

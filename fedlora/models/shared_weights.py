@@ -8,42 +8,51 @@ keeps one copy of those pages for every process that maps them. But whenever the
 weights computed in bfloat16; pickled ``.bin`` checkpoints), each process gets a private
 (anonymous) copy of every weight: a machine held one copy per process.
 
-The base weights are frozen under LoRA, so they can be read from one file instead. When at least
-:data:`MIN_PRIVATE_SHARE` of a loaded model's bytes are private, the first process to load it
-saves its tensors, exactly as loaded (dtype, freshly initialised head and all), to
-``<cache>/shared/<key>/weights.safetensors``; every process then swaps each tensor's data for a
-memory-mapped view of that file (resident memory counts the shared pages in each process,
-proportional set size splits them). A model that is already mapped from its checkpoint is left
-as it is and costs no copy on disk.
+The base weights are frozen under LoRA, so they can be read from one file instead. The first
+process to load a model (under a lock, :func:`load_shared`) loads it as usual; when at least
+:data:`MIN_PRIVATE_SHARE` of its bytes are private it saves the model, exactly as loaded (dtype,
+freshly initialised head and all), with ``save_pretrained`` to ``<cache>/shared/<key>/``, reloads
+that directory and checks it, then drops its private copy. Every process, that one included, then
+loads the model *from that directory*, where the weights are already in the compute dtype, so
+transformers maps them: no process but the first ever holds a private copy, and never two at once
+(the others wait for the lock instead of loading beside it, which is what kept a simulation's
+peak at one private copy per process while the workers loaded together). A model that is already
+mapped from its checkpoint is recorded as such (a marker, no copy on disk) and loaded as it is.
 
 Why this is safe:
 
 * The mapping is private copy-on-write (safetensors' mmap backend): a process that writes to a
   weight (a trained classification head, a user's own code) gets its own copy of those pages;
   the file and the other processes never change.
-* Before swapping, every mapped tensor is compared with the one just loaded (``torch.equal``):
-  a copy that differs (another library version, a nondeterministic head) is never used; the
-  process keeps its own weights and logs why. Results are therefore bit-identical with and
+* Before the copy is published, the model reloaded from it is compared with the one just loaded:
+  every tensor (``torch.equal``, names, dtypes, ties) and the config. A copy that differs (a
+  model whose save and load do not round-trip) is never published; a marker says why and every
+  process loads privately, as without sharing. Results are therefore bit-identical with and
   without sharing.
+* The key (:func:`shared_key`) hashes the source files (sizes, mtimes), the dtype, head size and
+  the transformers and torch versions: a process that would load anything else gets another
+  entry. The verified copy's size and mtime are recorded, and a copy changed since is rebuilt.
 * The copy is written into a temp dir and renamed under a lock (:func:`materialise`), so no
   process maps a half-written file; a damaged one is rebuilt.
 
 Only CPU weights are shared (``model.share_weights``, default true): on a GPU the weights live in
-device memory, where one worker per GPU (``federation.client_num_gpus=1``) is the way to hold one
-copy. 4-bit models are left alone (their packed weights and quantization state are not plain
-tensors).
+device memory, where one worker per GPU (``federation.client_num_gpus=1``, the default ``-1`` on
+a CUDA machine) is the way to hold one copy. 4-bit models are left alone (their packed weights and
+quantization state are not plain tensors).
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
+import json
 import logging
-from collections.abc import Iterable
+import shutil
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
 from fedlora.config.schema import ModelConfig
@@ -53,14 +62,24 @@ from fedlora.models.sources import ResolvedModel, cache_dir, materialise
 
 logger = logging.getLogger(__name__)
 
-KEY_VERSION = 1
-"""Bumped when the layout of a shared copy changes, to orphan copies written by older code."""
+KEY_VERSION = 2
+"""Bumped when the layout of a shared copy changes, to orphan copies written by older code
+(1: a bare ``weights.safetensors`` that each process compared with its own load)."""
 
-WEIGHTS = "weights.safetensors"
+VERIFIED = "fedlora-shared.json"
+"""In a published copy: what was checked, and each weight file's size and mtime at that time."""
+
+NOT_SHARED = "fedlora-not-shared.json"
+"""In an entry without a copy: why this model loads on its own in every process."""
 
 MIN_PRIVATE_SHARE = 0.1
 """Share a model only when at least this fraction of its bytes is private to the process: a model
 mapped from its checkpoint but for a fresh classification head is not worth a copy on disk."""
+
+MAPPED_FROM_CHECKPOINT = "weights mapped from the checkpoint"
+
+Loader = Callable[[str], PreTrainedModel]
+"""``from_pretrained`` of a directory with the run's kwargs (dtype, head size, load seed)."""
 
 
 def shared_key(resolved: ResolvedModel, cfg: ModelConfig, num_labels: int | None, dtype: torch.dtype) -> str:
@@ -76,82 +95,140 @@ def _tensors(model: PreTrainedModel) -> dict[str, torch.Tensor]:
     return named
 
 
+def _weight_files(path: Path) -> dict[str, list[int]]:
+    return {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(path.glob("*.safetensors"))}
+
+
 def _is_complete(path: Path) -> bool:
-    return (path / WEIGHTS).is_file()
+    """A published copy whose weight files are as verified, or a marker saying there is none."""
+    if (path / NOT_SHARED).is_file():
+        return True
+    try:
+        verified = json.loads((path / VERIFIED).read_text())
+        return bool(verified["files"]) and _weight_files(path) == verified["files"]
+    except (OSError, ValueError, KeyError):
+        return False
 
 
-def _save(tensors: dict[str, torch.Tensor], out: Path, description: str) -> None:
-    seen: set[int] = set()
-    plain: dict[str, torch.Tensor] = {}
-    for name, t in tensors.items():
-        t = t.detach()
-        ptr = t.untyped_storage().data_ptr()
-        # safetensors refuses two entries over one storage (views, aliases) and non-contiguous
-        # tensors: those get their own contiguous copy.
-        if ptr in seen or not t.is_contiguous():
-            t = t.clone(memory_format=torch.contiguous_format)
-        plain[name] = t
-        seen.add(ptr)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(plain, str(out / WEIGHTS), metadata={"source": description})
+def _digest(t: torch.Tensor) -> tuple[str, tuple[int, ...], str]:
+    """``(dtype, shape, sha256 of the bytes)``: compares two loads without holding both at once."""
+    raw = t.detach().contiguous().reshape(-1).view(torch.uint8).numpy()  # a view: nothing is copied
+    return str(t.dtype), tuple(t.shape), hashlib.sha256(raw).hexdigest()
 
 
-def _mismatch(mine: dict[str, torch.Tensor], mapped: dict[str, torch.Tensor]) -> str | None:
-    """Why the mapped copy cannot stand in for the loaded weights, or ``None`` if it can."""
-    if set(mine) != set(mapped):
-        return f"its tensor names differ ({len(set(mine) ^ set(mapped))} not in both)"
-    for name, t in mine.items():
-        m = mapped[name]
-        if m.dtype != t.dtype or m.shape != t.shape:
-            return f"{name} is {m.dtype} {tuple(m.shape)} there, {t.dtype} {tuple(t.shape)} here"
-        if not torch.equal(m, t.detach()):
+def _mismatch(mine: dict[str, tuple], other: dict[str, tuple]) -> str | None:
+    """Why the digests ``other`` cannot stand in for the loaded weights' ``mine``, or ``None``."""
+    if set(mine) != set(other):
+        return f"its tensor names differ ({len(set(mine) ^ set(other))} not in both)"
+    for name, (dtype, shape, digest) in mine.items():
+        o_dtype, o_shape, o_digest = other[name]
+        if (o_dtype, o_shape) != (dtype, shape):
+            return f"{name} is {o_dtype} {o_shape} there, {dtype} {shape} here"
+        if o_digest != digest:
             return f"{name} has other values"
     return None
 
 
-def share_weights(model: PreTrainedModel, resolved: ResolvedModel, cfg: ModelConfig,
-                  num_labels: int | None, dtype: torch.dtype) -> str:
-    """Swap a freshly loaded CPU model's tensors for memory-mapped views of its shared copy.
+def _config_mismatch(mine: dict[str, Any], other: dict[str, Any]) -> str | None:
+    keys = sorted(k for k in set(mine) | set(other) if k != "_name_or_path" and mine.get(k) != other.get(k))
+    return f"its config differs in {keys[:5]}" if keys else None
+
+
+def _mapped_share(model: PreTrainedModel) -> float:
+    tensors = list(_tensors(model).values())
+    total = sum(_nbytes(t) for t in tensors)
+    return file_backed_bytes(tensors) / total if total else 1.0
+
+
+def _publish(source: str, out: Path, load: Loader,
+             description: str) -> tuple[str | None, PreTrainedModel | None]:
+    """Load ``source`` and write it to ``out`` as a shared copy, checked; return ``(why not, model)``.
+
+    ``why not`` is ``None`` when the copy was published; the model is returned only when it stays
+    this process's own (nothing to share). Either way ``out`` ends up complete
+    (:func:`_is_complete`): the copy with its check record, or only a marker with the reason, so
+    no other process tries again. The private load is dropped before the copy is read back, and the
+    two are compared by digests, so the machine never holds two copies of the weights at once.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    model = load(source)
+    mine = _tensors(model)
+    if any(t.device.type != "cpu" for t in mine.values()):
+        reason, kept = "weights not shared (not all on the CPU)", model
+    elif 1.0 - _mapped_share(model) < MIN_PRIVATE_SHARE:
+        reason, kept = MAPPED_FROM_CHECKPOINT, model
+    else:
+        digests = {name: _digest(t) for name, t in mine.items()}
+        config = model.config.to_dict()
+        model.save_pretrained(str(out))
+        del mine, model
+        release_freed_memory()
+        try:
+            copy = load(str(out))
+        except Exception as exc:  # any failure to read our own copy back means: do not share it
+            problem = f"it does not load ({type(exc).__name__}: {exc})"
+        else:
+            problem = (_mismatch(digests, {n: _digest(t) for n, t in _tensors(copy).items()})
+                       or _config_mismatch(config, copy.config.to_dict())
+                       or (None if _mapped_share(copy) >= 1.0 - MIN_PRIVATE_SHARE
+                           else "transformers does not map it (it converts on load)"))
+            del copy
+        if problem is None:
+            verified = {"source": description, "tensors": len(digests), "files": _weight_files(out)}
+            (out / VERIFIED).write_text(json.dumps(verified, indent=2))
+            return None, None
+        logger.warning("the shared copy of %s was not published: %s; every process keeps its own copy",
+                       description, problem)
+        for f in out.iterdir():
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
+        reason, kept = f"weights not shared (the saved copy {problem})", None
+    (out / NOT_SHARED).write_text(json.dumps({"source": description, "reason": reason}, indent=2))
+    return reason, kept
+
+
+def load_shared(resolved: ResolvedModel, cfg: ModelConfig, num_labels: int | None, dtype: torch.dtype,
+                load: Loader) -> tuple[PreTrainedModel, str]:
+    """Load a CPU model from its shared copy, publishing the copy first if no process has yet.
 
     Parameters
     ----------
-    model
-        Just loaded with ``from_pretrained`` (under the load seed), on the CPU, not quantized.
     resolved, cfg, num_labels, dtype
-        What was loaded: together they name the shared copy (:func:`shared_key`).
+        What is loaded: together they name the shared copy (:func:`shared_key`).
+    load
+        ``from_pretrained`` of a directory with the run's kwargs (dtype, head size, load seed).
 
     Returns
     -------
-    str
-        For the load log line: where the weights now live, or why the process kept its own copy.
+    tuple[PreTrainedModel, str]
+        The model, and for the load log line where its weights live (or why they are private).
     """
-    mine = _tensors(model)
-    if any(t.device.type != "cpu" for t in mine.values()):
-        return "weights not shared (not all on the CPU)"
-    total = sum(_nbytes(t) for t in mine.values())
-    private = total - file_backed_bytes(mine.values())
-    if private < MIN_PRIVATE_SHARE * total:
-        return "weights mapped from the checkpoint"
     parent = cache_dir() / "shared"
     key = shared_key(resolved, cfg, num_labels, dtype)
+    box: dict[str, Any] = {}
+
+    def build(out: Path) -> None:  # under the entry's lock: the other processes wait, not load
+        box["reason"], box["model"] = _publish(resolved.path, out, load, resolved.description)
+
     try:
-        path = materialise(parent, key, lambda out: _save(mine, out, resolved.description),
-                           f"shared CPU copy of {resolved.description}", complete=_is_complete)
-        mapped = load_file(str(path / WEIGHTS))
-    except (OSError, SafetensorError) as exc:
+        path = materialise(parent, key, build, f"shared CPU copy of {resolved.description}",
+                           complete=_is_complete)
+    except OSError as exc:
         logger.warning("could not share the base weights through %s (%s: %s); this process keeps its "
                        "own copy", parent / key, type(exc).__name__, exc)
-        return "weights not shared (cache unusable)"
-    problem = _mismatch(mine, mapped)
-    if problem is not None:
-        logger.warning("shared copy %s does not match the weights just loaded (%s); this process keeps its "
-                       "own copy (delete that directory to rebuild it)", path, problem)
-        return "weights not shared (copy differs)"
-    with torch.no_grad():
-        for name, t in mine.items():
-            t.data = mapped[name]
-    release_freed_memory()  # the private copies were freed as each .data was replaced
-    return f"weights mapped from {path}"
+        return _own(box, load, resolved.path), "weights not shared (cache unusable)"
+    marker = path / NOT_SHARED
+    if marker.is_file():
+        reason = box.get("reason") or json.loads(marker.read_text()).get("reason", "weights not shared")
+        return _own(box, load, resolved.path), reason
+    model = load(str(path))
+    model.config.name_or_path = model.name_or_path = resolved.path  # what PEFT writes as the base
+    return model, f"weights mapped from {path}"
+
+
+def _own(box: dict[str, Any], load: Loader, source: str) -> PreTrainedModel:
+    """The private model the builder kept, or a private load of ``source``."""
+    model = box.get("model")
+    return model if model is not None else load(source)
 
 
 def _nbytes(t: torch.Tensor) -> int:

@@ -3,16 +3,16 @@
 What must hold: a model that transformers already maps from its checkpoint is left alone (no copy
 on disk); a converted one (here the tiny float32 models loaded in bfloat16, as a bfloat16 LLM is
 loaded in float32 on a CPU) is the loaded model once mapped (same names, dtypes and values, ties
-kept), its weights really live in the shared file, a process that writes to a weight changes
-neither the file nor another process's model, a copy that differs is never used, and training
-gives the same LoRA state with and without sharing.
+kept), its weights really live in the shared file, a process that finds the copy loads nothing
+privately, a process that writes to a weight changes neither the file nor another process's
+model, a copy that fails its check or was changed since is never used, and training gives the
+same LoRA state with and without sharing.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +23,9 @@ from safetensors.torch import load_file, save_file
 
 from fedlora.config.schema import LoraConfig, ModelConfig, TrainConfig
 from fedlora.lora.state import get_lora_state
+from fedlora.models import build
 from fedlora.models.build import build_lora_model, clear_caches, load_base_model, load_tokenizer
-from fedlora.models.shared_weights import WEIGHTS, is_shared
+from fedlora.models.shared_weights import NOT_SHARED, VERIFIED, _publish, is_shared
 from fedlora.models.sources import cache_dir
 from fedlora.training.local import train_local
 
@@ -43,11 +44,13 @@ def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _copies() -> list[Path]:
-    return sorted((cache_dir() / "shared").glob(f"*/{WEIGHTS}"))
+    """The weight files of every published shared copy."""
+    published = (cache_dir() / "shared").glob(f"*/{VERIFIED}")
+    return sorted(f for d in published for f in d.parent.glob("*.safetensors"))
 
 
 def _copy_of(model: torch.nn.Module) -> Path:
-    """The shared copy whose mapping holds the model's first parameter."""
+    """The shared weight file whose mapping holds the model's first parameter."""
     first = next(model.parameters())
     [copy] = [c for c in _copies() if is_shared(first, c)]
     return copy
@@ -69,12 +72,15 @@ def test_shared_model_equals_private_load_and_maps_the_file(cfg: ModelConfig, nu
     copy = _copy_of(model)
     shared = _tensors(model)
     assert shared.keys() == private.keys()
+    params = dict(model.named_parameters())
     for name, t in shared.items():
         assert t.dtype == private[name].dtype and torch.equal(t, private[name]), name
-        assert is_shared(t, copy), f"{name} is not a view of {copy}"
-    # The file holds exactly those tensors (what another process will map).
+        # parameters (the bulk) are mapped; non-persistent buffers (position ids) are built at init
+        assert name not in params or is_shared(t, copy), f"{name} is not a view of {copy}"
+    # The file holds what save_pretrained writes: every persistent tensor, tied ones once.
     on_disk = load_file(str(copy))
-    assert on_disk.keys() == private.keys()
+    assert set(params) <= set(on_disk) <= set(private)
+    assert all(torch.equal(on_disk[k], private[k]) for k in on_disk)
 
 
 def test_a_model_mapped_from_its_checkpoint_gets_no_copy(caplog: pytest.LogCaptureFixture) -> None:
@@ -125,25 +131,53 @@ def test_writing_a_weight_changes_neither_the_file_nor_a_later_load() -> None:
     assert torch.equal(dict(fresh.named_parameters())[name], before)
 
 
-def test_a_copy_with_other_values_is_never_used(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_copy_changed_after_its_check_is_rebuilt_not_used(caplog: pytest.LogCaptureFixture) -> None:
     private = _load(dataclasses.replace(BERT, share_weights=False), 3)
     clear_caches()
     copy = _copy_of(load_base_model(BERT, 3))
     tampered = load_file(str(copy))
     first = next(k for k, v in tampered.items() if v.is_floating_point())
     tampered[first] = tampered[first] + 1.0
-    save_file({k: v.contiguous() for k, v in tampered.items()}, str(copy))
-    try:
+    save_file({k: v.contiguous() for k, v in tampered.items()}, str(copy), metadata={"format": "pt"})
+    clear_caches()
+    with caplog.at_level("WARNING"):
+        model = load_base_model(BERT, 3)
+    assert "incomplete; rebuilding it" in caplog.text  # its size/mtime no longer match the check
+    rebuilt = _copy_of(model)
+    for name, t in _tensors(model).items():
+        assert torch.equal(t, private[name]), name
+    assert all(is_shared(t, rebuilt) for t in model.parameters())
+
+
+def test_a_copy_that_does_not_reload_identically_is_not_published(tmp_path: Path) -> None:
+    clear_caches()
+    private = dataclasses.replace(BERT, share_weights=False)
+    source = load_base_model(private, 3).name_or_path
+    clear_caches()
+    other = load_base_model(dataclasses.replace(private, dtype="float32"), 3)
+
+    def load(path: str) -> torch.nn.Module:  # the source as loaded; the copy reads back other values
         clear_caches()
-        with caplog.at_level("WARNING"):
-            model = load_base_model(BERT, 3)
-        assert "does not match the weights just loaded" in caplog.text and first in caplog.text
-        for name, t in _tensors(model).items():
-            assert torch.equal(t, private[name]), name
-            assert not is_shared(t, copy)
-    finally:
-        clear_caches()
-        shutil.rmtree(copy.parent)  # the next load rebuilds a good copy
+        return load_base_model(private, 3) if path == source else other
+
+    reason, kept = _publish(source, tmp_path, load, "test model")
+    assert reason is not None and "weights not shared (the saved copy" in reason and kept is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == [NOT_SHARED]  # only the reason stays
+    assert json.loads((tmp_path / NOT_SHARED).read_text())["reason"] == reason
+
+
+def test_a_process_that_finds_the_copy_loads_nothing_privately(monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_caches()
+    copy = _copy_of(load_base_model(BERT, 3))
+    paths: list[str] = []
+    real = build.AutoModelForSequenceClassification.from_pretrained
+    monkeypatch.setattr(build.AutoModelForSequenceClassification, "from_pretrained",
+                        lambda path, **kw: paths.append(str(path)) or real(path, **kw))
+    clear_caches()
+    model = load_base_model(BERT, 3)
+    assert paths == [str(copy.parent)]  # the shared directory only, never the source checkpoint
+    assert model.name_or_path == model.config.name_or_path != str(copy.parent)  # the source, for exports
+    assert all(is_shared(t, copy) for t in model.parameters())
 
 
 def test_training_is_identical_with_and_without_sharing(collate) -> None:
@@ -184,16 +218,3 @@ def test_two_processes_map_one_copy(tmp_path: Path) -> None:
                          timeout=300, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) is True
     assert _copies() == copies and copy.stat().st_mtime_ns == stamp
-
-
-def test_the_copy_holds_views_and_transposed_tensors(tmp_path: Path) -> None:
-    """Buffers may alias a parameter's storage or be non-contiguous; safetensors takes neither as is."""
-    from fedlora.models.shared_weights import _save
-
-    base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
-    tensors = {"w": base, "w_t": base.t(), "rows": base[1:], "other": torch.ones(2)}
-    _save(tensors, tmp_path, "test")
-    back = load_file(str(tmp_path / WEIGHTS))
-    assert back.keys() == tensors.keys()
-    for name, t in tensors.items():
-        assert torch.equal(back[name], t), name
