@@ -140,6 +140,10 @@ def _mapped_share(model: PreTrainedModel) -> float:
     return file_backed_bytes(tensors) / total if total else 1.0
 
 
+class _SourceLoadError(Exception):
+    """Carries (as its cause) an error of the model's own load out of the cache's build step."""
+
+
 def _publish(source: str, out: Path, load: Loader,
              description: str) -> tuple[str | None, PreTrainedModel | None]:
     """Load ``source`` and write it to ``out`` as a shared copy, checked; return ``(why not, model)``.
@@ -151,7 +155,10 @@ def _publish(source: str, out: Path, load: Loader,
     two are compared by digests, so the machine never holds two copies of the weights at once.
     """
     out.mkdir(parents=True, exist_ok=True)
-    model = load(source)
+    try:
+        model = load(source)
+    except Exception as exc:  # the model's own error, not the cache's: load_shared re-raises it
+        raise _SourceLoadError from exc
     mine = _tensors(model)
     if any(t.device.type != "cpu" for t in mine.values()):
         reason, kept = "weights not shared (not all on the CPU)", model
@@ -212,6 +219,8 @@ def load_shared(resolved: ResolvedModel, cfg: ModelConfig, num_labels: int | Non
     try:
         path = materialise(parent, key, build, f"shared CPU copy of {resolved.description}",
                            complete=_is_complete)
+    except _SourceLoadError as exc:
+        raise exc.__cause__ from None  # e.g. a missing file: say that, not a word about the cache
     except OSError as exc:
         logger.warning("could not share the base weights through %s (%s: %s); this process keeps its "
                        "own copy", parent / key, type(exc).__name__, exc)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from importlib.util import find_spec
@@ -237,3 +238,21 @@ def test_a_bfloat16_checkpoint_computed_in_float32_is_mapped_from_its_copy(tmp_p
     assert all(is_shared(t, copy) for t in model.parameters())
     assert all(torch.equal(t, private[name]) for name, t in _tensors(model).items())
     assert model.name_or_path == str(source)  # exports name the source, not the cache
+
+
+def test_a_source_that_fails_to_load_raises_its_own_error(tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """A checkpoint without its weights: transformers' own error, no word about the cache, no entry."""
+    from fedlora.models.sources import resolve_model
+
+    source = tmp_path / "no-weights"
+    shutil.copytree(resolve_model(LLAMA).path, source)
+    for f in source.glob("*.safetensors"):
+        f.unlink()
+    cfg = dataclasses.replace(LLAMA, name="no-weights", source=str(source))
+    clear_caches()
+    with caplog.at_level("WARNING"), pytest.raises(OSError, match=r"safetensors|weights|model"):
+        load_base_model(cfg)
+    assert "could not share" not in caplog.text
+    leftovers = [p.name for p in (cache_dir() / "shared").iterdir() if ".tmp-" in p.name]
+    assert leftovers == []  # the half-built entry was removed
