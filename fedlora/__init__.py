@@ -6,3 +6,10 @@ layering: ``aggregation`` and ``lora`` math use torch only, Flower lives at the 
 """
 
 __version__ = "0.1.0"
+
+import logging as _logging
+
+# bitsandbytes, which PEFT imports in every process, warns at import on CPUs with AVX512-BF16 that it
+# could not fetch an optional 4-bit CPU kernel from the Hugging Face hub ("pip install kernels").
+# fedlora never downloads at run time, so that line would only be noise in every run's console.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)

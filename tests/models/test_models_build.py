@@ -225,3 +225,17 @@ def test_wrapping_prints_no_transformers_deprecation_but_other_warnings_show() -
     messages = [str(w.message) for w in seen]
     assert not [m for m in messages if "is_gradient_checkpointing" in m]
     assert "something else" in messages
+
+
+def test_only_bitsandbytes_hub_kernel_warning_is_silenced(caplog: pytest.LogCaptureFixture) -> None:
+    """fedlora never downloads a kernel at run time, so bitsandbytes' import-time hint to do so is
+    dropped; its other warnings still show."""
+    import logging
+
+    import fedlora  # noqa: F401 - the package sets the level at import
+
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("bitsandbytes.backends.cpu.ops").warning("Failed to load CPU gemm_4bit_forward")
+        logging.getLogger("bitsandbytes.nn.modules").warning("another bitsandbytes warning")
+    assert "gemm_4bit_forward" not in caplog.text
+    assert "another bitsandbytes warning" in caplog.text
