@@ -9,6 +9,8 @@ of a 7B model is 28 GB. Every use touches the entry's ``.last-used`` file, which
 
 Removing an entry that a running process has mapped is safe on Linux and macOS (the pages live
 until the last mapping goes); an entry being built is skipped, under the same lock its builder holds.
+A temp dir left by a build that was killed (its lock is free) is listed and pruned like an entry;
+the next build of the same entry removes it too.
 """
 
 from __future__ import annotations
@@ -42,13 +44,36 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
+TMP = ".tmp-"
+"""A build writes ``.<name>.tmp-<pid>``, then renames it to ``<name>``
+(:func:`~fedlora.models.sources.materialise`)."""
+
+
+def _lock_of(path: Path) -> FileLock:
+    """The build lock of an entry, or of the entry that a temp dir was being built into."""
+    name = path.name[1:].rsplit(TMP, 1)[0] if path.name.startswith(".") else path.name
+    return FileLock(str(path.parent / f"{name}.lock"))
+
+
+def _abandoned(path: Path) -> bool:
+    """A temp dir whose build lock is free: its builder was killed before it could clean up."""
+    try:
+        with _lock_of(path).acquire(timeout=0):
+            return True
+    except Timeout:
+        return False  # a build in progress
+
+
 def entries(root: Path | None = None, kinds: Sequence[str] = KINDS) -> list[Entry]:
-    """Every finished entry under ``root`` (default: the cache), oldest use first."""
+    """Every finished entry under ``root`` (default: the cache), and every temp dir a killed build
+    left behind (possibly gigabytes), oldest use first; a build in progress is not listed."""
     root = cache_dir() if root is None else root
     out = []
     for kind in kinds:
         for path in sorted((root / kind).glob("*")):
-            if not path.is_dir() or path.name.startswith("."):  # temp dirs of a build in progress
+            if not path.is_dir():
+                continue
+            if path.name.startswith(".") and not (TMP in path.name and _abandoned(path)):
                 continue
             marker = path / LAST_USED
             used = marker.stat().st_mtime if marker.exists() else path.stat().st_mtime
@@ -58,7 +83,7 @@ def entries(root: Path | None = None, kinds: Sequence[str] = KINDS) -> list[Entr
 
 def remove(entry: Entry) -> bool:
     """Delete ``entry`` under its build lock; ``False`` if another process holds the lock."""
-    lock = FileLock(str(entry.path.parent / f"{entry.path.name}.lock"))
+    lock = _lock_of(entry.path)
     try:
         with lock.acquire(timeout=0):
             shutil.rmtree(entry.path)
@@ -81,7 +106,8 @@ def _table(items: Sequence[Entry], now: float) -> str:
     lines = [f"{'kind':<10} {'size':>10} {'last used':>12}  path"]
     for e in items:
         days = (now - e.last_used) / 86400
-        lines.append(f"{e.kind:<10} {_human(e.size):>10} {days:>9.1f} d  {e.path}")
+        unfinished = "  (left by a build that did not finish)" if e.path.name.startswith(".") else ""
+        lines.append(f"{e.kind:<10} {_human(e.size):>10} {days:>9.1f} d  {e.path}{unfinished}")
     lines.append(f"{_count(len(items))}, {_human(sum(e.size for e in items))}")
     return "\n".join(lines)
 

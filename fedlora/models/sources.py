@@ -194,8 +194,12 @@ def materialise(parent: Path, name: str, build: Callable[[Path], None], what: st
     with FileLock(str(parent / f"{name}.lock")):
         if complete(final):  # another process finished while we waited
             return mark_used(final)
+        # Holding the lock, no other build of this entry runs: a temp dir left here is from a builder
+        # that was killed (an OOM kill while converting a large model), and may be gigabytes.
+        for stale in parent.glob(f".{name}.tmp-*"):
+            logger.warning("removing %s, left behind by a build that did not finish", stale)
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = parent / f".{name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         if final.exists():  # a half-written or damaged leftover
             logger.warning("%s is incomplete; rebuilding it", final)
             shutil.rmtree(final)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,14 +28,15 @@ def _entry(root: Path, kind: str, name: str, size: int, days_ago: float | None) 
 
 
 @pytest.fixture
-def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("FEDLORA_CACHE", str(tmp_path))
     _entry(tmp_path, "shared", "old", 3000, days_ago=30)
     _entry(tmp_path, "shared", "new", 2000, days_ago=1)
     _entry(tmp_path, "quantized", "mid", 1000, days_ago=10)
     _entry(tmp_path, "models", "never-marked", 10, days_ago=None)  # falls back to the dir's mtime
-    (tmp_path / "shared" / ".x.tmp-123").mkdir()  # a build in progress is never an entry
-    return tmp_path
+    (tmp_path / "shared" / ".x.tmp-123").mkdir()  # a build in progress (its lock held) is never an entry
+    with FileLock(str(tmp_path / "shared" / "x.lock")):
+        yield tmp_path
 
 
 def test_list_shows_every_entry_oldest_first(root: Path, capsys: pytest.CaptureFixture) -> None:
@@ -87,3 +89,30 @@ def test_materialise_marks_each_use(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     os.utime(marker, (0, 0))
     materialise(parent, "thing", lambda out: pytest.fail("must not rebuild"), "a thing")
     assert marker.stat().st_mtime > time.time() - 60
+
+
+def test_materialise_removes_what_a_killed_build_left(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    parent = tmp_path / "models"
+    stale = parent / ".thing.tmp-99999"  # a builder killed mid-write (its lock died with it)
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"x" * 1000)
+    other = parent / ".other.tmp-99999"  # another entry's build: not this lock's business
+    other.mkdir()
+    with caplog.at_level("WARNING"):
+        materialise(parent, "thing", lambda out: (out.mkdir(), (out / "config.json").write_text("{}")),
+                    "a thing")
+    assert not stale.exists() and "did not finish" in caplog.text
+    assert other.exists()
+    assert sorted(p.name for p in parent.iterdir()) == [".other.tmp-99999", "thing", "thing.lock"]
+
+
+def test_a_killed_build_s_temp_dir_is_listed_and_pruned(root: Path, capsys: pytest.CaptureFixture) -> None:
+    left = root / "shared" / ".y.tmp-456"  # its builder died: the lock y.lock is free
+    left.mkdir()
+    (left / "model.safetensors").write_bytes(b"x" * 500)
+    assert [e.path.name for e in cache.entries(kinds=["shared"])] == ["old", "new", ".y.tmp-456"]
+    assert cache.main(["list"]) == 0
+    assert "did not finish" in capsys.readouterr().out
+    assert cache.main(["prune", "--all", "--kind", "shared"]) == 0
+    assert not left.exists() and (root / "shared" / ".x.tmp-123").exists()  # the live build stays
