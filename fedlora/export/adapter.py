@@ -3,7 +3,8 @@
 The adapter is written in PEFT's own layout (``adapter_config.json`` +
 ``adapter_model.safetensors``), so anything that loads PEFT adapters loads ours: by
 ``PeftModel.save_pretrained`` itself when the server holds the loaded model (central evaluation
-on), else from a weightless meta-device copy, so the server never loads the base model. Next to it go a
+on), else from a weightless meta-device copy, so the server never loads the base model (but once, at
+export, to write a frozen classification head: :func:`write_frozen_head`). Next to it go a
 model card (``README.md``) with the run's provenance, ``fedlora.json`` (what is needed to rebuild
 the base: source, task, labels) and ``SHA256SUMS``. :func:`load_exported` reloads it the way a
 user would: a *fresh* base model from disk, then ``PeftModel.from_pretrained``.
