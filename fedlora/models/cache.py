@@ -25,7 +25,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from fedlora.models.sources import LAST_USED, cache_dir
+from fedlora.models.sources import LAST_USED, TEMP_INFIX, cache_dir
 
 KINDS = ("models", "quantized", "shared")
 
@@ -44,14 +44,9 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-TMP = ".tmp-"
-"""A build writes ``.<name>.tmp-<pid>``, then renames it to ``<name>``
-(:func:`~fedlora.models.sources.materialise`)."""
-
-
 def _lock_of(path: Path) -> FileLock:
     """The build lock of an entry, or of the entry that a temp dir was being built into."""
-    name = path.name[1:].rsplit(TMP, 1)[0] if path.name.startswith(".") else path.name
+    name = path.name[1:].rsplit(TEMP_INFIX, 1)[0] if path.name.startswith(".") else path.name
     return FileLock(str(path.parent / f"{name}.lock"))
 
 
@@ -73,7 +68,7 @@ def entries(root: Path | None = None, kinds: Sequence[str] = KINDS) -> list[Entr
         for path in sorted((root / kind).glob("*")):
             if not path.is_dir():
                 continue
-            if path.name.startswith(".") and not (TMP in path.name and _abandoned(path)):
+            if path.name.startswith(".") and not (TEMP_INFIX in path.name and _abandoned(path)):
                 continue
             marker = path / LAST_USED
             used = marker.stat().st_mtime if marker.exists() else path.stat().st_mtime

@@ -25,7 +25,8 @@ Why this is safe:
   weight (a trained classification head, a user's own code) gets its own copy of those pages;
   the file and the other processes never change.
 * Before the copy is published, the model reloaded from it is compared with the one just loaded:
-  every tensor (``torch.equal``, names, dtypes, ties) and the config. A copy that differs (a
+  every tensor (names, dtypes, shapes and a SHA-256 of the bytes, taken before the private load
+  was dropped) and the config. A copy that differs (a
   model whose save and load do not round-trip) is never published; a marker says why and every
   process loads privately, as without sharing. Results are therefore bit-identical with and
   without sharing.
@@ -96,7 +97,8 @@ def _tensors(model: PreTrainedModel) -> dict[str, torch.Tensor]:
 
 
 def _weight_files(path: Path) -> dict[str, list[int]]:
-    return {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(path.glob("*.safetensors"))}
+    stats = {f.name: f.stat() for f in sorted(path.glob("*.safetensors"))}
+    return {name: [st.st_size, st.st_mtime_ns] for name, st in stats.items()}
 
 
 def _is_complete(path: Path) -> bool:
@@ -159,10 +161,8 @@ def _publish(source: str, out: Path, load: Loader,
         model = load(source)
     except Exception as exc:  # the model's own error, not the cache's: load_shared re-raises it
         raise _SourceLoadError from exc
-    mine = _tensors(model)
-    if any(t.device.type != "cpu" for t in mine.values()):
-        reason, kept = "weights not shared (not all on the CPU)", model
-    elif 1.0 - _mapped_share(model) < MIN_PRIVATE_SHARE:
+    mine = _tensors(model)  # on the CPU: callers share only CPU loads, and from_pretrained loads there
+    if 1.0 - _mapped_share(model) < MIN_PRIVATE_SHARE:
         reason, kept = MAPPED_FROM_CHECKPOINT, model
     else:
         digests = {name: _digest(t) for name, t in mine.items()}

@@ -179,6 +179,10 @@ def has_config(path: Path) -> bool:
     return (path / "config.json").is_file()
 
 
+TEMP_INFIX = ".tmp-"
+""":func:`materialise` builds ``<name>`` in ``.<name>.tmp-<pid>`` and renames it into place."""
+
+
 def materialise(parent: Path, name: str, build: Callable[[Path], None], what: str,
                 complete: Callable[[Path], bool] = has_config) -> Path:
     """Create ``<parent>/<name>`` once, under a lock, via a temp dir renamed into place.
@@ -196,10 +200,10 @@ def materialise(parent: Path, name: str, build: Callable[[Path], None], what: st
             return mark_used(final)
         # Holding the lock, no other build of this entry runs: a temp dir left here is from a builder
         # that was killed (an OOM kill while converting a large model), and may be gigabytes.
-        for stale in parent.glob(f".{name}.tmp-*"):
+        for stale in parent.glob(f".{name}{TEMP_INFIX}*"):
             logger.warning("removing %s, left behind by a build that did not finish", stale)
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = parent / f".{name}.tmp-{os.getpid()}"
+        tmp = parent / f".{name}{TEMP_INFIX}{os.getpid()}"
         if final.exists():  # a half-written or damaged leftover
             logger.warning("%s is incomplete; rebuilding it", final)
             shutil.rmtree(final)
